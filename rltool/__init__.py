@@ -1,0 +1,1 @@
+"""rltool: reinforcement-learning post-training of language models."""

@@ -1,0 +1,1 @@
+"""Actors: model and tokenizer loading, the embedded offline default, (later) encoder agents."""

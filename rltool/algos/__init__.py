@@ -1,0 +1,1 @@
+"""Algorithms as registries of small pure functions: advantages, policy losses, KL estimators."""

@@ -1,0 +1,143 @@
+"""Rollout functions: how an algorithm turns prompts into scored Samples.
+
+An algorithm may own its rollout phase (ERL generates reflections and retries), so the loop only
+calls `ROLLOUTS[cfg.algo.rollout](ctx)` once at setup and then `rollout(step)` each step. A
+rollout draws its own prompts through `ctx.draw` (DAPO's dynamic sampling draws more to refill),
+keeps whatever cross-step state it needs (ERL memory) behind `state_dict`, and returns Samples
+with rewards; advantages are computed by the loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from rltool.algos.dapo import informative_groups, overlong_penalty
+from rltool.config import Config
+from rltool.envs.base import Env, Example
+from rltool.registry import Registry
+from rltool.rewards.score import Scorer
+from rltool.rollout.engine import Engine, Sampling
+from rltool.rollout.prompts import encode_chat
+from rltool.samples import Completion, Sample
+
+ROLLOUTS: Registry[Callable[["RolloutContext"], Any]] = Registry("rollout")
+register_rollout = ROLLOUTS.register
+
+
+@dataclass
+class RolloutContext:
+    cfg: Config
+    engine: Engine
+    tokenizer: Any
+    env: Env
+    scorer: Scorer
+    draw: Callable[[int], list[Example]]
+    """draw(k) -> the next k training prompts of this rank (the sampler keeps the position)."""
+    rank: int = 0
+
+    def sampling(self, n: int, max_new_tokens: int | None = None) -> Sampling:
+        r = self.cfg.rollout
+        return Sampling(n=n, temperature=r.temperature, top_p=r.top_p,
+                        max_new_tokens=max_new_tokens or r.max_new_tokens)
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        return encode_chat(self.tokenizer, messages, self.cfg.rollout.max_prompt_len)
+
+
+class GroupIds:
+    """Group ids unique across ranks and refill rounds within one step."""
+
+    def __init__(self, rank: int):
+        self.next = rank * 1_000_000
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+
+def score_completion(ctx: RolloutContext, c: Completion, example: Example) -> tuple[float | None, float, str]:
+    """Shaped reward (with DAPO's soft overlong penalty), binary success, feedback text."""
+    s = ctx.scorer(c.text, example, len(c.token_ids))
+    a = ctx.cfg.algo
+    reward = s.reward
+    if reward is not None and a.overlong_buffer > 0:
+        reward += overlong_penalty(torch.tensor([len(c.token_ids)]), ctx.cfg.rollout.max_new_tokens,
+                                   a.overlong_buffer, a.overlong_penalty).item()
+    return reward, s.success, s.feedback
+
+
+def sample_groups(ctx: RolloutContext, examples: list[Example], ids: GroupIds, *, kind: str = "attempt",
+                  n: int | None = None, prompts: list[list[int]] | None = None) -> list[Sample]:
+    """G completions per example, scored against the example; one group per example."""
+    n = n or ctx.cfg.trainer.group_size
+    prompts = prompts or [ctx.encode(ctx.env.messages(e)) for e in examples]
+    outputs = ctx.engine.generate(prompts, ctx.sampling(n))
+    samples = []
+    for example, prompt, completions in zip(examples, prompts, outputs):
+        group = ids.take()
+        for c in completions:
+            reward, success, feedback = score_completion(ctx, c, example)
+            overlong = ctx.cfg.algo.overlong_mask and c.truncated
+            samples.append(Sample(prompt_ids=prompt, completion_ids=c.token_ids, sample_logp=c.logp, group=group,
+                                  reward=reward, success=success, feedback=feedback, text=c.text,
+                                  truncated=c.truncated, kind=kind, example_id=example.id,
+                                  loss_weight=0.0 if overlong else 1.0))
+    return samples
+
+
+def keep_informative(samples: list[Sample]) -> list[Sample]:
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (they carry no gradient)."""
+    if not samples:
+        return samples
+    rewards = torch.tensor([s.reward if s.reward is not None else 0.0 for s in samples])
+    valid = torch.tensor([s.reward is not None for s in samples])
+    keep = informative_groups(rewards, torch.tensor([s.group for s in samples]), valid)
+    return [s for s, k in zip(samples, keep.tolist()) if k]
+
+
+@register_rollout("grpo")
+class GroupRollout:
+    """GRPO-family rollout: `prompts_per_step` prompts x `group_size` samples each.
+
+    With `algo.dynamic_sampling`, zero-variance groups are dropped and up to `max_refill_rounds`
+    extra rounds of fresh prompts refill the batch; if still short, the step trains on fewer groups
+    (logged as rollout/groups) rather than looping forever.
+    """
+
+    def __init__(self, ctx: RolloutContext):
+        self.ctx = ctx
+
+    def __call__(self, step: int) -> tuple[list[Sample], dict[str, float]]:
+        ctx, want = self.ctx, self.ctx.cfg.trainer.prompts_per_step // self.ctx.cfg.hardware.num_processes
+        ids = GroupIds(ctx.rank)
+        samples = sample_groups(ctx, ctx.draw(want), ids)
+        metrics = {"rollout/reward_all": _mean([s.reward for s in samples])}
+        if ctx.cfg.algo.dynamic_sampling:
+            first_round, samples = samples, keep_informative(samples)
+            for _ in range(ctx.cfg.algo.max_refill_rounds):
+                missing = want - len({s.group for s in samples})
+                if missing <= 0:
+                    break
+                samples += keep_informative(sample_groups(ctx, ctx.draw(missing), ids))
+            kept = set(sorted({s.group for s in samples})[:want])
+            # Nothing informative at all: train on the first round, whose advantages are all 0.
+            samples = [s for s in samples if s.group in kept] or first_round
+        metrics["rollout/groups"] = float(len({s.group for s in samples}))
+        return samples, metrics
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _mean(xs: list[float | None]) -> float:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+# Imported last: rollouts of other algorithms register themselves with register_rollout above.
+from rltool.algos import erl  # noqa: E402,F401

@@ -1,0 +1,67 @@
+"""Samples -> padded tensors, and the micro-batches the update phase walks over."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from rltool.samples import Sample
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # (B, P+T) prompts left-padded, completions right-padded
+    attention_mask: Tensor  # (B, P+T)
+    mask: Tensor  # (B, T) 1 on completion tokens
+    adv: Tensor  # (B,)
+    loss_weight: Tensor  # (B,)
+    sft_weight: Tensor  # (B,)
+    sample_logp: Tensor  # (B, T) the engine's log-probs of the sampled tokens
+    prompt_width: int
+    old_logp: Optional[Tensor] = None  # (B, T) filled before the updates when iterations > 1
+    ref_logp: Optional[Tensor] = None  # (B, T) filled when a KL term is on
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, index: Tensor | slice) -> "Batch":
+        """Rows `index` of every per-sample tensor (prompt_width stays: columns are shared)."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: v[index] if isinstance(v, Tensor) else v for k, v in kw.items()})
+
+    def split(self, size: int) -> list["Batch"]:
+        return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
+
+    @property
+    def rl_mask(self) -> Tensor:
+        return self.mask * (self.loss_weight > 0)[:, None]  # (B, T)
+
+    @property
+    def sft_mask(self) -> Tensor:
+        return self.mask * (self.sft_weight > 0)[:, None]  # (B, T)
+
+
+def collate(samples: list[Sample], pad_id: int) -> Batch:
+    P = max(len(s.prompt_ids) for s in samples)
+    T = max(max(len(s.completion_ids) for s in samples), 1)
+    B = len(samples)
+    input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(B, P + T, dtype=torch.long)
+    mask = torch.zeros(B, T)
+    sample_logp = torch.zeros(B, T)
+    for i, s in enumerate(samples):
+        p, c = s.prompt_ids, s.completion_ids
+        input_ids[i, P - len(p):P] = torch.tensor(p)
+        input_ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+        attention_mask[i, P - len(p):P + len(c)] = 1
+        mask[i, :len(c)] = 1
+        sample_logp[i, :len(c)] = torch.tensor(s.sample_logp[:len(c)])
+    return Batch(
+        input_ids=input_ids, attention_mask=attention_mask, mask=mask,
+        adv=torch.tensor([s.adv or 0.0 for s in samples]),
+        loss_weight=torch.tensor([s.loss_weight for s in samples]),
+        sft_weight=torch.tensor([s.sft_weight for s in samples]),
+        sample_logp=sample_logp, prompt_width=P,
+    )

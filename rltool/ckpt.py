@@ -1,0 +1,189 @@
+"""Checkpoints that survive a crash at any point, and finding them again on resume.
+
+Layout of a run directory:
+
+    checkpoints/step_000012/   model/ (HF weights or PEFT adapter + tokenizer), optimizer.pt,
+                               scheduler.pt, trainer_state.pt, config.yaml
+    checkpoints/latest         text file holding "step_000012"
+    final/                     the trained model alone, for `actors.path=outputs/<run>/final`
+
+Each checkpoint is written into `checkpoints/.tmp-step_N-<rand>/` and renamed into place; `latest`
+is replaced only after that rename. A process killed at any moment therefore leaves the previous
+checkpoint and `latest` intact, plus at worst a `.tmp-*` directory that the next save deletes.
+Limits: this is atomic against a crashed process, not against power loss (files are not fsynced),
+and it assumes one writer per run directory: only the main process calls these functions.
+The caller gathers ZeRO-3 shards before `save_checkpoint`; this module only writes what it gets.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STEP_PREFIX = "step_"
+TMP_PREFIX = ".tmp-"
+EXPECTED = "expected a run directory with checkpoints/ or a checkpoints/step_N directory"
+
+
+def step_name(step: int) -> str:
+    """Zero-padded so that `ls` and string sorting agree with step order."""
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def model_dir(ckpt: Path) -> Path:
+    """Where the caller loads the model from: `from_pretrained(model_dir(ckpt))`."""
+    return Path(ckpt) / "model"
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, scheduler,
+                    trainer_state: dict, config_yaml: str, keep_last: int) -> Path:
+    """Write `run_dir/checkpoints/step_N/` atomically, point `latest` at it, prune to `keep_last`.
+
+    `trainer_state` is saved as given: the caller puts in the step, data position, `rng_state()`,
+    algorithm state and metrics history. Returns the checkpoint directory.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(root)
+    name = step_name(step)
+    # No cleanup on failure: an exception and a SIGKILL leave the same `.tmp-*` debris, and the
+    # next save removes both the same way.
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{TMP_PREFIX}{name}-"))
+    _save_model(tmp / "model", model, tokenizer)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(trainer_state, tmp / "trainer_state.pt")
+    (tmp / "config.yaml").write_text(config_yaml)
+
+    final = root / name
+    if final.exists():  # same step saved twice (resumed from an older checkpoint into this run)
+        _replace_dir(tmp, final)
+    else:
+        os.rename(tmp, final)  # atomic on POSIX: the directory appears complete or not at all
+    _write_atomic(root / LATEST, name)
+    _prune(root, keep=keep_last, current=name)
+    return final
+
+
+def save_final(run_dir: Path, model, tokenizer) -> Path:
+    """Write `run_dir/final/` (model + tokenizer only) atomically, replacing an older one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(f"{TMP_PREFIX}final-*"):
+        shutil.rmtree(stale)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f"{TMP_PREFIX}final-"))
+    _save_model(tmp, model, tokenizer)
+    final = run_dir / "final"
+    if final.exists():
+        _replace_dir(tmp, final)
+    else:
+        os.rename(tmp, final)
+    return final
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A run dir (via checkpoints/latest), a checkpoints/ dir, or a step_N dir -> the step_N dir.
+
+    Raises FileNotFoundError with one message naming `path` and what was expected.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"resume={path}: no such directory; {EXPECTED}")
+    if p.name.startswith(STEP_PREFIX):
+        if not (p / "trainer_state.pt").is_file():
+            raise FileNotFoundError(f"resume={path}: no trainer_state.pt in this step directory; {EXPECTED}")
+        return p
+    for root in (p / CHECKPOINTS, p):
+        if (root / LATEST).is_file():
+            name = (root / LATEST).read_text().strip()
+            if not (root / name / "trainer_state.pt").is_file():
+                raise FileNotFoundError(f"resume={path}: {root / LATEST} names {name!r}, which is missing or incomplete")
+            return root / name
+    raise FileNotFoundError(f"resume={path}: no checkpoints/latest found; {EXPECTED}")
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    """The dict passed to `save_checkpoint`.
+
+    weights_only=False because it holds numpy RNG arrays and caller-defined algorithm state,
+    which the safe unpickler rejects. Only resume from checkpoints you (or your runs) wrote.
+    """
+    return torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
+
+
+def load_optimizer(ckpt: Path, optimizer) -> None:
+    """Restore optimizer state in place. `load_state_dict` moves tensors to each param's device."""
+    optimizer.load_state_dict(torch.load(Path(ckpt) / "optimizer.pt", map_location="cpu", weights_only=True))
+
+
+def load_scheduler(ckpt: Path, scheduler) -> None:
+    """Restore LR-scheduler state in place (for LambdaLR the lambda itself comes from the config)."""
+    scheduler.load_state_dict(torch.load(Path(ckpt) / "scheduler.pt", map_location="cpu", weights_only=True))
+
+
+def rng_state() -> dict:
+    """Every RNG a step can draw from, so a resumed run samples what the uninterrupted one would.
+
+    Per process: under several processes the checkpoint holds the main process's state only.
+    """
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(d: dict) -> None:
+    """Inverse of `rng_state`. A CUDA state saved on a GPU run is ignored on a CPU-only resume."""
+    random.setstate(d["python"])
+    np.random.set_state(d["numpy"])
+    torch.set_rng_state(d["torch"])
+    if d["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(d["cuda"])
+
+
+def _save_model(path: Path, model, tokenizer) -> None:
+    # Safetensors is the default in transformers>=4.35 and the only format in 5.x (which dropped
+    # the `safe_serialization` flag); PEFT models save just the adapter, also as safetensors.
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)  # readers see the old content or the new, never a half-written file
+
+
+def _replace_dir(new: Path, old: Path) -> None:
+    """Swap `new` into `old`'s place. POSIX cannot rename over a non-empty directory, so the old
+    one is moved aside first: a crash between the two renames leaves no `old`, only debris."""
+    aside = Path(tempfile.mkdtemp(dir=old.parent, prefix=f"{TMP_PREFIX}{old.name}-old-"))
+    os.rename(old, aside / old.name)
+    os.rename(new, old)
+    shutil.rmtree(aside)
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    for stale in root.glob(f"{TMP_PREFIX}*"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+
+
+def _prune(root: Path, *, keep: int, current: str) -> None:
+    """Delete all but the `keep` highest-numbered step dirs; never `current`, even when a resume
+    from an older checkpoint makes it lower-numbered than dirs left over from the first attempt."""
+    steps = sorted(root.glob(f"{STEP_PREFIX}*"), key=lambda d: int(d.name[len(STEP_PREFIX):]))
+    for old in steps[:-keep] if keep > 0 else steps:
+        if old.name != current:
+            shutil.rmtree(old)

@@ -1,0 +1,119 @@
+"""`rltool train|eval|validate [overrides]`: compose the Hydra config, validate it, hand it over.
+
+No training logic and no heavy imports here: torch, vLLM and DeepSpeed are imported only after
+the config has passed validation, so `rltool validate` and every config error are instant.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rltool.config import Config, ConfigError, register_configs
+
+COMMANDS = ("train", "eval", "validate")
+USAGE = "usage: rltool {train,eval,validate} [key=value ...] [-m] [--help]"
+
+
+def conf_dir() -> str:
+    """The repo's top-level conf/ in a checkout; the copy shipped inside the wheel otherwise."""
+    repo = Path(__file__).resolve().parent.parent / "conf"
+    return str(repo if repo.is_dir() else Path(__file__).resolve().parent / "conf")
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Typed Config with every __post_init__ check run, plus registry-name checks; raises ConfigError."""
+    from rltool.envs import validate_env_config
+    from rltool.rewards.score import validate_reward_config
+
+    try:
+        config: Config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:  # OmegaConf wraps exceptions raised in __post_init__
+        cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
+        raise cause or ConfigError(str(e).splitlines()[0]) from None
+    validate_env_config(config.env)
+    validate_reward_config(config.reward)
+    check_registries(config)
+    check_model_path(config.actors.path)
+    return config
+
+
+def check_registries(config: Config) -> None:
+    """Algorithm pieces are looked up in their registries (importing them costs ~1 s of torch import)."""
+    from rltool.algos.advantages import ADVANTAGES
+    from rltool.algos.kl import KL_ESTIMATORS
+    from rltool.algos.losses import POLICY_LOSSES
+    from rltool.algos.rollouts import ROLLOUTS
+
+    a = config.algo
+    for key, value, registry in (("algo.advantage", a.advantage, ADVANTAGES), ("algo.loss", a.loss, POLICY_LOSSES),
+                                 ("algo.rollout", a.rollout, ROLLOUTS), ("algo.kl_estimator", a.kl_estimator, KL_ESTIMATORS)):
+        if value not in registry:
+            raise ConfigError(f"{key}={value!r}: unknown; valid: {', '.join(registry.names())}")
+
+
+def check_model_path(path: str) -> None:
+    """A local directory, `embedded:<name>`, or a hub id `org/name`; anything else is a typo."""
+    import re
+
+    from rltool.actors.embedded import EMBEDDED, PREFIX
+
+    if path.startswith(PREFIX):
+        if path[len(PREFIX):] not in EMBEDDED:
+            raise ConfigError(f"actors.path={path!r}: unknown embedded model; valid: "
+                              + ", ".join(PREFIX + n for n in EMBEDDED))
+    elif os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise ConfigError(f"actors.path={path!r}: directory has no config.json (expected a HF model directory)")
+    elif not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        raise ConfigError(f"actors.path={path!r}: no such directory; expected a local HF directory, a hub id "
+                          "(org/name) or embedded:smollm2-135m-instruct")
+
+
+def run(command: str, cfg: DictConfig) -> float | None:
+    try:
+        config = to_config(cfg)
+    except ConfigError as e:
+        print(f"rltool: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if not config.output_dir:
+        config.output_dir = HydraConfig.get().runtime.output_dir
+    if command == "validate":
+        print(OmegaConf.to_yaml(cfg))
+        print("rltool: config OK", file=sys.stderr)
+        return None
+    # vLLM must run in-process (colocated with the trainer); set before vllm is imported.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM cuts torch to 1 thread "for serving" unless OMP_NUM_THREADS is set; the trainer shares the process.
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    if command == "train":
+        from rltool.train import train
+
+        return train(config)
+    from rltool.evaluate import evaluate_main
+
+    return evaluate_main(config)
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    command = sys.argv.pop(1)
+    register_configs()
+    sys.argv[0] = f"rltool {command}"
+
+    @hydra.main(config_path=conf_dir(), config_name="config", version_base="1.3")
+    def entry(cfg: DictConfig) -> float | None:
+        return run(command, cfg)
+
+    entry()
+
+
+if __name__ == "__main__":
+    main()

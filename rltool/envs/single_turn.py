@@ -1,0 +1,35 @@
+"""Shared behaviour of one-prompt, one-completion environments.
+
+`Env` in base.py is a Protocol (structural, no code), so the defaults live here: the standard
+chat prompt (optional system prompt, then question + instruction) and `env_a + env_b`.
+Subclasses only build their example lists.
+"""
+from __future__ import annotations
+
+from rltool.config import EnvConfig
+from rltool.envs.base import Example
+
+
+class SingleTurnEnv:
+    name: str
+
+    def __init__(self, cfg: EnvConfig, train: list[Example], eval: list[Example]):
+        self.cfg = cfg
+        self._train = train
+        self._eval = eval
+
+    def train_examples(self) -> list[Example]:
+        return self._train
+
+    def eval_examples(self) -> list[Example]:
+        return self._eval
+
+    def messages(self, example: Example) -> list[dict]:
+        system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
+        user = example.question + "\n\n" + self.cfg.instruction if self.cfg.instruction else example.question
+        return system + [{"role": "user", "content": user}]
+
+    def __add__(self, other):
+        from rltool.envs.compose import ComposedEnv
+
+        return ComposedEnv(self, other)

@@ -1,0 +1,203 @@
+"""Where metrics go: metrics.jsonl (always), wandb (optional), and a progress line for humans.
+
+metrics.jsonl is the source of truth: plots and README tables are built from it, so a run is
+fully inspectable without wandb. Only the main process constructs these with enabled=True.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from time import perf_counter
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, TextColumn
+from rich.progress import Progress as RichProgress
+from rich.text import Text
+
+
+def _scalar(v):
+    # .item() on a tensor is a device sync: it happens here, once per step, and nowhere earlier.
+    # Numpy scalars have .item() too; a non-scalar tensor raises, which is what we want.
+    return v.item() if hasattr(v, "item") else v
+
+
+class MetricsLog:
+    """Appends `{"step": step, **metrics}` lines to run_dir/metrics.jsonl and mirrors them to wandb.
+
+    The file is opened in append mode, so a resumed run continues the same file; `read_metrics`
+    merges repeated steps. wandb takes its mode from WANDB_MODE itself (offline needs no network).
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool, logger: str = "none", config: dict | None = None,
+                 run_name: str = ""):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self._run = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a")
+        self._samples = open(self.run_dir / "samples.jsonl", "a")
+        if logger == "wandb":
+            import wandb  # lazy: slow to import and unused by most runs
+
+            self._run = wandb.init(project="rltool", dir=str(self.run_dir), config=config, name=run_name or None)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {k: _scalar(v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps({"step": step, **row}) + "\n")
+        self._metrics.flush()  # a killed run still has every finished step on disk
+        if self._run is not None:
+            self._run.log(row, step=step)
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """A few decoded rollouts per step; keys are free-form (prompt, completion, reward, ...)."""
+        if not self.enabled or not rows:
+            return
+        for row in rows:
+            self._samples.write(json.dumps({"step": step, **{k: _scalar(v) for k, v in row.items()}}, default=str) + "\n")
+        self._samples.flush()
+        if self._run is not None:
+            import wandb
+
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            table = wandb.Table(columns=columns, data=[[_scalar(row.get(c)) for c in columns] for row in rows])
+            self._run.log({"samples": table}, step=step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._metrics.close()
+        self._samples.close()
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """One dict per step, in step order. Lines with the same step are merged, later keys winning:
+    separate train and eval `log` calls at one step combine, and steps re-run after a resume
+    replace those logged before the crash."""
+    by_step: dict[int, dict] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                by_step.setdefault(row["step"], {}).update(row)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+class PhaseTimer:
+    """`with timer("generate"): ...` adds host wall-clock seconds to that phase; `split()` returns
+    and resets them. GPU work is asynchronous: a phase that ends without a sync hands its queued
+    kernels to whichever phase next waits on the device."""
+
+    def __init__(self):
+        self._times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = perf_counter()
+        try:
+            yield
+        finally:
+            self._times[phase] = self._times.get(phase, 0.0) + perf_counter() - t0
+
+    def split(self) -> dict[str, float]:
+        times, self._times = self._times, {}
+        return times
+
+
+SHORT_PHASE = {"generate": "gen", "score": "score", "logprobs": "logp", "update": "upd", "sync": "sync"}
+ACC_KEYS = ("eval/accuracy", "eval/accuracy_strict", "eval/accuracy_flexible")
+"""The first of these present is shown as `acc`; eval runs every few steps, so it stays shown."""
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Progress:
+    """Step counter with ETA, headline metrics and the per-phase time split, main process only.
+
+    On a terminal it is a live rich bar; otherwise (CI, `| tee`, cluster logs) one plain line per
+    step, so logs still show progress and ETA. `step` is the step just finished, counting so the
+    last one equals `total_steps`. The ETA is the mean step time since this object was created,
+    so a slow first step (compilation, cache warm-up) makes it pessimistic for a while.
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0, enabled: bool = True):
+        self.total, self.start, self.enabled = total_steps, start_step, enabled
+        self._t0 = perf_counter()
+        self._acc: float | None = None
+        self._console = Console()
+        self._bar = None
+        if enabled and self._console.is_terminal:
+            self._bar = _Bar(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                             TextColumn("eta {task.fields[eta]}"), console=self._console)
+            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, eta="?")
+
+    def __enter__(self) -> "Progress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, step: int, metrics: dict, phase_times: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        acc = next((metrics[k] for k in ACC_KEYS if k in metrics), None)
+        self._acc = _scalar(acc) if acc is not None else self._acc
+        done = step - self.start
+        eta = _duration((perf_counter() - self._t0) / done * (self.total - step)) if done > 0 else "?"
+        fields = self._fields(metrics)
+        if self._bar is not None:
+            self._bar.status = " | ".join(fields + [_phases(phase_times, " | ")])
+            self._bar.update(self._task, completed=step, eta=eta)
+        else:
+            parts = [f"step {step}/{self.total}", *fields, _phases(phase_times, " "), f"eta {eta}"]
+            print(" | ".join(p for p in parts if p), flush=True)
+
+    def _fields(self, metrics: dict) -> list[str]:
+        m = {k: _scalar(v) for k, v in metrics.items()}
+        out = []
+        if "reward/mean" in m:
+            out.append(f"reward {m['reward/mean']:.3g}")
+        if self._acc is not None:
+            out.append(f"acc {self._acc:.3g}")
+        if "loss/kl" in m:
+            out.append(f"kl {m['loss/kl']:.3g}")
+        if "perf/tokens_per_s" in m:
+            out.append(f"{m['perf/tokens_per_s']:.0f} tok/s")
+        return out
+
+
+def _phases(times: dict[str, float], sep: str) -> str:
+    return sep.join(f"{SHORT_PHASE.get(k, k)} {v:.1f}s" for k, v in times.items())
+
+
+class _Bar(RichProgress):
+    """A rich progress bar with a free-text status line under it (too long for one line)."""
+
+    status = ""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        if self.status:
+            yield Text(self.status)  # plain Text: rich's repr highlighter would colour half of "1.2s"

@@ -1,0 +1,27 @@
+"""The generation engine protocol shared by vLLM and HF `generate`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+from rltool.samples import Completion
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    greedy: bool = False
+    seed: int | None = None
+
+
+class Engine(Protocol):
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        """Token-id prompts -> for each prompt, `sampling.n` completions."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]]) -> None:  # noqa: F821
+        """Copy the trainer's current weights in place (no disk round trip)."""
+        ...

@@ -1,0 +1,158 @@
+"""The training loop. Setup first, then one loop whose body is a list of named phases:
+
+    rollout -> logprobs -> advantage -> update (x iterations, per update pass) -> sync -> log -> checkpoint
+
+Everything algorithm-specific is a registered function chosen by name in the config: the rollout
+(GRPO groups, ERL's attempt/reflect/retry), the advantage estimator, the policy loss, the loss
+aggregation and the KL estimator. Adding an algorithm means a YAML file, or one Python file that
+registers a new piece, never a branch here.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from rltool import ckpt
+from rltool.actors.embedded import resolve_model_path
+from rltool.actors.load import load_model, load_tokenizer
+from rltool.algos.rollouts import ROLLOUTS, RolloutContext
+from rltool.batch import collate
+from rltool.config import Config
+from rltool.data import PromptSampler
+from rltool.envs import make_env
+from rltool.evaluate import evaluate
+from rltool.hardware import resolve_hardware
+from rltool.metrics import MetricsLog, PhaseTimer, Progress
+from rltool.plan import batch_plan
+from rltool.plot import plot_run
+from rltool.rewards.score import Scorer
+from rltool.rollout import make_engine, sync_weights
+from rltool.steps import compute_advantages, compute_logprobs, optimize, rollout_metrics, split_updates
+
+
+def train(cfg: Config) -> float:
+    # ---- setup: seed, hardware, actors, engine, env, optimizer, resume ----
+    hw = resolve_hardware(cfg.hardware)
+    torch.manual_seed(cfg.seed)
+    run_dir, resume_from = Path(cfg.output_dir), None
+    if cfg.resume:
+        resume_from = ckpt.resolve_checkpoint(cfg.resume)
+        run_dir = resume_from.parent.parent  # keep writing into the run being continued
+        warn_config_drift(cfg, resume_from)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    print(batch_plan(cfg, hw))
+
+    base_dir = resolve_model_path(cfg.actors.path)
+    model_dir = str(ckpt.model_dir(resume_from)) if resume_from else base_dir  # resume: weights from the checkpoint
+    model = load_model(model_dir, hw.dtype, trainable=True, gradient_checkpointing=cfg.actors.gradient_checkpointing)
+    tokenizer = load_tokenizer(model_dir)
+    ref_model = load_model(base_dir, hw.dtype, trainable=False) if cfg.algo.kl_coef > 0 else None
+    engine = make_engine(cfg, hw, model, tokenizer, model_dir)
+
+    env = make_env(cfg.env)
+    scorer = Scorer.from_config(cfg.reward, cfg.rollout.max_new_tokens)
+    sampler = PromptSampler(env.train_examples(), cfg.seed)
+    rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, engine, tokenizer, env, scorer, sampler.draw))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start, history = 0, []
+    if resume_from:
+        state = ckpt.load_trainer_state(resume_from)
+        ckpt.load_optimizer(resume_from, optimizer)
+        ckpt.load_scheduler(resume_from, scheduler)
+        sampler.load_state_dict(state["sampler"])
+        rollout.load_state_dict(state["rollout"])
+        ckpt.set_rng_state(state["rng"])
+        start, history = state["step"], state.get("history", [])
+        print(f"resumed from {resume_from} at step {start}")
+
+    log = MetricsLog(run_dir, enabled=True, logger=cfg.trainer.logger,
+                     config=OmegaConf.to_container(OmegaConf.structured(cfg)), run_name=run_dir.name)
+    timer = PhaseTimer()
+    eval_due = lambda s: cfg.eval.enabled and (s == 0 or s == cfg.trainer.max_steps or  # noqa: E731
+                                                 (cfg.trainer.eval_every and s % cfg.trainer.eval_every == 0))
+
+    # ---- the loop ----
+    with Progress(cfg.trainer.max_steps, start, enabled=True) as progress:
+        for step in range(start, cfg.trainer.max_steps):
+            if eval_due(step) and not (resume_from and step == start):
+                run_eval(engine, tokenizer, env, cfg, step, log)
+
+            with timer("generate"):
+                samples, metrics = rollout(step)
+            with timer("logprobs"):
+                batch = compute_logprobs(model, ref_model, collate(samples, tokenizer.pad_token_id), cfg)
+            with timer("score"):
+                compute_advantages(samples, batch, cfg)
+            with timer("update"):
+                for part in split_updates(samples, batch):
+                    for _ in range(cfg.algo.iterations):
+                        metrics |= optimize(model, optimizer, part, cfg)
+                    scheduler.step()
+            with timer("sync"):
+                sync_weights(engine, model)
+
+            metrics |= rollout_metrics(samples, batch)
+            metrics["perf/lr"] = scheduler.get_last_lr()[0]
+            phases = timer.split()
+            metrics |= {f"time/{k}": v for k, v in phases.items()}
+            metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(phases.get("generate", 0.0), 1e-9)
+            metrics = {k: float(v) for k, v in metrics.items()}  # the step's one device sync for metrics
+            log.log(step + 1, metrics)
+            history.append({"step": step + 1, **metrics})
+            progress.update(step + 1, metrics, phases)
+
+            if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
+                save(run_dir, step + 1, model, tokenizer, optimizer, scheduler, sampler, rollout, history, cfg)
+
+    final_metrics = run_eval(engine, tokenizer, env, cfg, cfg.trainer.max_steps, log) if eval_due(cfg.trainer.max_steps) else {}
+    final_dir = ckpt.save_final(run_dir, model, tokenizer)
+    log.close()
+    plot_run(run_dir)
+    print(f"done: {run_dir} (final model: {final_dir})")
+    return float(final_metrics.get("eval/accuracy_strict", float("nan")))
+
+
+def run_eval(engine, tokenizer, env, cfg: Config, step: int, log: MetricsLog) -> dict:
+    metrics, rows = evaluate(engine, tokenizer, env, cfg)
+    log.log(step, metrics)
+    log.log_samples(step, rows[:cfg.eval.log_samples])
+    print(f"eval @ step {step}: " + " | ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()))
+    return metrics
+
+
+def save(run_dir, step, model, tokenizer, optimizer, scheduler, sampler, rollout, history, cfg: Config) -> None:
+    state = {"step": step, "sampler": sampler.state_dict(), "rollout": rollout.state_dict(),
+             "rng": ckpt.rng_state(), "history": history}
+    path = ckpt.save_checkpoint(run_dir, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                                scheduler=scheduler, trainer_state=state,
+                                config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)),
+                                keep_last=cfg.trainer.keep_last)
+    print(f"checkpoint: {path}")
+
+
+def lr_lambda(cfg: Config):
+    t = cfg.trainer
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+        return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[t.lr_schedule]
+
+    return factor
+
+
+def warn_config_drift(cfg: Config, ckpt_dir: Path) -> None:
+    """The checkpoint's config wins for what it stores; a differing seed or algorithm is worth a warning."""
+    saved = OmegaConf.load(ckpt_dir / "config.yaml")
+    now = OmegaConf.structured(cfg)
+    for key in ("seed", "algo.name", "env.name", "trainer.prompts_per_step", "trainer.group_size"):
+        old, new = OmegaConf.select(saved, key), OmegaConf.select(now, key)
+        if old != new:
+            print(f"warning: resume: {key}={new!r} differs from the checkpoint's {old!r}")

@@ -1,0 +1,118 @@
+import pytest
+import torch
+from torch.testing import assert_close
+
+from rltool.algos.advantages import ADVANTAGES, grpo_advantage_reference
+
+TESTED = {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
+NAN = float("nan")
+
+
+def test_every_estimator_has_a_hand_computed_test():
+    assert set(ADVANTAGES.names()) == TESTED
+
+
+def t(*xs, dtype=torch.float32):
+    return torch.tensor(xs, dtype=dtype)
+
+
+# Shared batch: group 0 = [1, 0, 0, invalid nan], group 1 = [0, 2, 4], group 2 = [5] (singleton).
+REWARDS = t(1.0, 0.0, 0.0, NAN, 0.0, 2.0, 4.0, 5.0)
+GROUP = t(0, 0, 0, 0, 1, 1, 1, 2, dtype=torch.long)
+VALID = t(1, 1, 1, 0, 1, 1, 1, 1, dtype=torch.bool)
+
+
+def test_grpo():
+    # g0 valid [1,0,0]: mean 1/3, dev [2/3,-1/3,-1/3], var (4/9+1/9+1/9)/2 = 1/3, std 0.57735
+    #   -> [1.154701, -0.577350, -0.577350]  (biased std sqrt(2/9) would give 1.414214)
+    # g1 [0,2,4]: mean 2, var (4+0+4)/2 = 4, std 2 -> [-1, 0, 1];  g2 singleton -> 0
+    adv = ADVANTAGES["grpo"](REWARDS, GROUP, VALID, eps=0.0)
+    assert_close(adv, t(1.154701, -0.577350, -0.577350, 0.0, -1.0, 0.0, 1.0, 0.0))
+
+
+def test_grpo_eps_in_denominator():
+    # [0, 2]: mean 1, std sqrt(2) = 1.414214; eps=1 -> (+-1) / 2.414214 = +-0.414214
+    adv = ADVANTAGES["grpo"](t(0.0, 2.0), t(0, 0, dtype=torch.long), t(1, 1, dtype=torch.bool), eps=1.0)
+    assert_close(adv, t(-0.414214, 0.414214))
+
+
+def test_dr_grpo():
+    # g0 mean 1/3 -> [2/3, -1/3, -1/3]; g1 mean 2 -> [-2, 0, 2]; singleton -> 0
+    adv = ADVANTAGES["dr_grpo"](REWARDS, GROUP, VALID)
+    assert_close(adv, t(2 / 3, -1 / 3, -1 / 3, 0.0, -2.0, 0.0, 2.0, 0.0))
+
+
+def test_rloo():
+    # g0: 1 - mean(0,0) = 1; 0 - mean(1,0) = -0.5 (twice)
+    # g1: 0 - mean(2,4) = -3; 2 - mean(0,4) = 0; 4 - mean(0,2) = 3;  singleton -> 0
+    adv = ADVANTAGES["rloo"](REWARDS, GROUP, VALID)
+    assert_close(adv, t(1.0, -0.5, -0.5, 0.0, -3.0, 0.0, 3.0, 0.0))
+
+
+def test_reinforce_pp():
+    # a = r - mean_g: g0 [1,0] -> [0.5,-0.5]; g1 [3,1] -> [1,-1]; the nan sample is invalid.
+    # batch over 4 valid: mean 0, var (0.25+0.25+1+1)/3 = 5/6, std 0.912871
+    # -> [0.5, -0.5, 1, -1] / 0.912871 = [0.547723, -0.547723, 1.095445, -1.095445]
+    rewards, group = t(1.0, 0.0, 3.0, 1.0, NAN), t(0, 0, 1, 1, 1, dtype=torch.long)
+    valid = t(1, 1, 1, 1, 0, dtype=torch.bool)
+    adv = ADVANTAGES["reinforce_pp"](rewards, group, valid, eps=0.0)
+    assert_close(adv, t(0.547723, -0.547723, 1.095445, -1.095445, 0.0))
+
+
+def test_reinforce_pp_zero_variance_groups_count_in_batch_std():
+    # g0 [1,1] -> a [0,0] (kept at 0); g1 [2,0] -> a [1,-1].
+    # batch over all 4 valid: mean 0, var (0+0+1+1)/3 = 2/3, std 0.816497 -> [0, 0, 1.224745, -1.224745]
+    rewards, group = t(1.0, 1.0, 2.0, 0.0), t(0, 0, 1, 1, dtype=torch.long)
+    adv = ADVANTAGES["reinforce_pp"](rewards, group, torch.ones(4, dtype=torch.bool), eps=0.0)
+    assert_close(adv, t(0.0, 0.0, 1.224745, -1.224745))
+
+
+@pytest.mark.parametrize("name", sorted(TESTED))
+def test_zero_variance_group_gets_zero(name):
+    # g0 = [0.1, 0.1, 0.1]: 0.3/3 is not exactly 0.1 in float32, so this also checks that
+    # equal rewards give exactly 0 rather than round-off divided by a tiny std.
+    rewards, group = t(0.1, 0.1, 0.1, 1.0, 0.0), t(0, 0, 0, 1, 1, dtype=torch.long)
+    adv = ADVANTAGES[name](rewards, group, torch.ones(5, dtype=torch.bool))
+    assert (adv[:3] == 0).all()
+    assert (adv[3:] != 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(TESTED))
+def test_invalid_samples_get_zero_and_do_not_shift_baseline(name):
+    base = ADVANTAGES[name](REWARDS, GROUP, VALID)
+    for junk in (0.0, 100.0, -3.0):
+        rewards = REWARDS.clone()
+        rewards[3] = junk
+        adv = ADVANTAGES[name](rewards, GROUP, VALID)
+        assert_close(adv, base)
+        assert adv[3] == 0
+    # dropping the invalid sample altogether gives the same advantages for the rest
+    keep = VALID.clone()
+    assert_close(ADVANTAGES[name](REWARDS[keep], GROUP[keep], VALID[keep]), base[keep])
+
+
+@pytest.mark.parametrize("name", sorted(TESTED))
+def test_group_ids_need_not_be_contiguous(name):
+    dense = ADVANTAGES[name](REWARDS, GROUP, VALID)
+    sparse = ADVANTAGES[name](REWARDS, GROUP * 1000 + 7, VALID)
+    assert_close(sparse, dense)
+
+
+def test_grpo_matches_reference_on_random_input():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n = 48
+        group = torch.randint(0, 10, (n,), generator=gen)  # (N,), uneven groups, some singletons
+        # binary rewards half the time, so zero-variance groups occur
+        rewards = torch.randn(n, generator=gen, dtype=torch.float64)  # (N,)
+        if torch.rand(1, generator=gen) < 0.5:
+            rewards = (rewards > 0).double()
+        valid = torch.rand(n, generator=gen) > 0.2  # (N,)
+        rewards[~valid] = float("nan")
+        fast = ADVANTAGES["grpo"](rewards, group, valid)
+        assert_close(fast, grpo_advantage_reference(rewards, group, valid))
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(KeyError, match="dr_grpo, grpo, reinforce_pp, rloo"):
+        ADVANTAGES["gpro"]
