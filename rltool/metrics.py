@@ -68,6 +68,12 @@ class MetricsLog:
             table = wandb.Table(columns=columns, data=[[_scalar(row.get(c)) for c in columns] for row in rows])
             self._run.log({"samples": table}, step=step)
 
+    def log_data_order(self, step: int, example_ids: list[str]) -> None:
+        """Which prompts each step trained on: resume is checked against this (data_order.jsonl)."""
+        if self.enabled:
+            with open(self.run_dir / "data_order.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "examples": example_ids}) + "\n")
+
     def close(self) -> None:
         if not self.enabled:
             return

@@ -93,7 +93,7 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
             m["policy/ref_kl"] = masked_mean(KL_ESTIMATORS["k3"](logp.detach(), mb.ref_logp), mb.mask)
         m["policy/entropy"] = masked_mean(entropy, mb.mask)
         # KL(engine || trainer) on the sampled tokens: the rollout/training mismatch (vLLM vs HF kernels).
-        m["policy/mismatch_kl"] = masked_mean(KL_ESTIMATORS["k3"](mb.sample_logp, logp.detach()), mb.mask)
+        m["policy/mismatch_kl"] = masked_mean(KL_ESTIMATORS["k3"](mb.sample_logp, logp.detach()), mb.rl_mask)
         loss.backward()
         for k, v in m.items():  # loss parts are already globally normalised: sum them; average the rest
             totals[k] = totals.get(k, 0.0) + (v if k.startswith("loss/") else v / len(micro))

@@ -85,6 +85,7 @@ def train(cfg: Config) -> float:
 
             with timer("generate"):
                 samples, metrics = rollout(step)
+            engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory for the update; no-op on CPU
             with timer("logprobs"):
                 batch = compute_logprobs(model, ref_model, collate(samples, tokenizer.pad_token_id), cfg)
             with timer("score"):
@@ -93,12 +94,14 @@ def train(cfg: Config) -> float:
                 for part in split_updates(samples, batch):
                     for _ in range(cfg.algo.iterations):
                         metrics |= optimize(model, optimizer, part, cfg)
-                    scheduler.step()
+                scheduler.step()  # once per training step: lr_lambda counts steps, not update passes
             with timer("sync"):
+                engine.wake()
                 sync_weights(engine, model)
 
             metrics |= rollout_metrics(samples, batch)
             metrics["perf/lr"] = scheduler.get_last_lr()[0]
+            log.log_data_order(step + 1, list(dict.fromkeys(s.example_id for s in samples)))
             phases = timer.split()
             metrics |= {f"time/{k}": v for k, v in phases.items()}
             metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(phases.get("generate", 0.0), 1e-9)

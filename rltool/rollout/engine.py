@@ -25,3 +25,10 @@ class Engine(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]]) -> None:  # noqa: F821
         """Copy the trainer's current weights in place (no disk round trip)."""
         ...
+
+    def sleep(self) -> None:
+        """Release accelerator memory while the trainer updates (no-op where unsupported)."""
+        ...
+
+    def wake(self) -> None:
+        ...

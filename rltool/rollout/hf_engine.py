@@ -47,3 +47,9 @@ class HFEngine:
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         pass  # generates with the trainer's model itself
+
+    def sleep(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass

@@ -1,0 +1,30 @@
+"""Run the real CLI in a subprocess, as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+RLTOOL = [sys.executable, "-m", "rltool.cli"]
+# Small but real: the embedded model, real vLLM, real optimizer steps.
+TINY = ["env=arithmetic", "trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.micro_batch_size=4",
+        "rollout.max_new_tokens=24", "eval.max_new_tokens=24", "eval.size=8", "hardware=cpu"]
+
+
+def rltool(*args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([*RLTOOL, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rltool {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def by_step(rows: list[dict], key: str) -> dict[int, object]:
+    """Last value per step (a resumed run re-logs the steps after its checkpoint)."""
+    return {r["step"]: r[key] for r in rows if key in r}

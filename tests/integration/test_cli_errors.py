@@ -1,0 +1,58 @@
+"""Bad input: one line naming the key and what is allowed, exit code 2, before any model loads."""
+import pytest
+
+from tests.integration.helpers import rltool
+
+CASES = [
+    (["algo.clip_eps_low=-0.1"], "algo.clip_eps_low=-0.1: must be >= 0"),
+    (["trainer.micro_batch_size=5"], "trainer.micro_batch_size=5: must divide prompts_per_step*group_size"),
+    (["trainer.group_size=1"], "trainer.group_size=1: must be >= 2"),
+    (["reward.success=nope"], "reward.success='nope': unknown reward; valid:"),
+    (["reward.terms=[{name: nope}]"], "reward.terms[0].name='nope': unknown reward"),
+    (["actors.path=outputs/missing/final"], "actors.path='outputs/missing/final': no such directory"),
+    (["algo.advantage=foo"], "algo.advantage='foo': unknown; valid: dr_grpo, grpo, reinforce_pp, rloo"),
+    (["algo.kl_estimator=k9"], "algo.kl_estimator='k9': must be one of k1, k2, k3"),
+    (["env.name=nope"], "env.name='nope': unknown environment 'nope'; valid: arithmetic, gsm8k"),
+    (["rollout.engine=sglang"], "rollout.engine='sglang': must be one of vllm, hf"),
+    (["actors.qlora=true", "hardware=cpu"], "actors.qlora=True: QLoRA needs a CUDA GPU"),
+    (["algo=erl", "algo.erl.retry_template='{prompt} {attempt}'"], "algo.erl.retry_template"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", CASES)
+def test_bad_value_is_one_line(overrides, message):
+    proc = rltool("train", *overrides, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rltool: config error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["algo.group_sise=3"], "Key 'group_sise' not in 'AlgoConfig'"),
+    (["trainer.group_size=x"], "Value 'x' of type 'str' could not be converted to Integer"),
+    (["algo=nope"], "Could not find 'algo/nope'"),
+])
+def test_composition_errors_name_the_key(overrides, message):
+    proc = rltool("train", *overrides, check=False, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_group_option_lists_valid_options():
+    proc = rltool("train", "algo=nope", check=False, timeout=120)
+    for name in ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "erl"):
+        assert f"\t{name}\n" in proc.stderr
+
+
+def test_every_shipped_algo_validates():
+    for algo in ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "erl"):
+        proc = rltool("validate", f"algo={algo}", timeout=120)
+        assert f"name: {algo}" in proc.stdout
+
+
+def test_help_lists_groups():
+    proc = rltool("train", "--help", timeout=120)
+    for group in ("algo:", "env:", "actors:", "reward:", "hardware:"):
+        assert group in proc.stdout
