@@ -124,7 +124,7 @@ class PhaseTimer:
         return times
 
 
-SHORT_PHASE = {"generate": "gen", "score": "score", "logprobs": "logp", "update": "upd", "sync": "sync"}
+SHORT_PHASE = {"generate": "gen", "logprobs": "logp", "advantage": "adv", "update": "upd", "sync": "sync"}
 ACC_KEYS = ("eval/accuracy", "eval/accuracy_strict", "eval/accuracy_flexible")
 """The first of these present is shown as `acc`; eval runs every few steps, so it stays shown."""
 

