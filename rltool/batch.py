@@ -34,6 +34,23 @@ class Batch:
     def split(self, size: int) -> list["Batch"]:
         return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
 
+    def to(self, device) -> "Batch":
+        """The micro-batch on the trainer's device; the step's Batch itself stays on the host."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in kw.items()})
+
+    def trimmed(self) -> "Batch":
+        """The same rows without all-padding columns (left of the longest prompt, right of the longest
+        completion): a micro-batch of short rows then costs only its own width."""
+        P = self.prompt_width
+        left = int((P - self.attention_mask[:, :P].sum(-1)).min())  # padding shared by every prompt
+        T = max(int(self.mask.sum(-1).max()), 1)  # the longest completion
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in kw.items():
+            if isinstance(v, Tensor) and v.dim() == 2:
+                kw[k] = v[:, left:P + T] if k in ("input_ids", "attention_mask") else v[:, :T]
+        return Batch(**(kw | {"prompt_width": P - left}))
+
     @property
     def rl_mask(self) -> Tensor:
         return self.mask * (self.loss_weight > 0)[:, None]  # (B, T)

@@ -2,10 +2,14 @@
 
 Layout of a run directory:
 
-    checkpoints/step_000012/   model/ (HF weights or PEFT adapter + tokenizer), optimizer.pt,
-                               scheduler.pt, trainer_state.pt, config.yaml
+    checkpoints/step_000012/   model/ (HF weights + tokenizer), optimizer.pt, scheduler.pt,
+                               trainer_state.pt, config.yaml; with LoRA also adapter/ (PEFT)
     checkpoints/latest         text file holding "step_000012"
     final/                     the trained model alone, for `actors.path=outputs/<run>/final`
+
+With LoRA, model/ and final/ hold the merged weights (W + BA) as a plain HF model, so vLLM, `rltool
+eval` and `from_pretrained` load them like any other; adapter/ is what resume loads onto the base
+(actors.path), so the adapter and the optimizer state (adapter parameters only) continue exactly.
 
 Each checkpoint is written into `checkpoints/.tmp-step_N-<rand>/` and renamed into place; `latest`
 is replaced only after that rename. A process killed at any moment therefore leaves the previous
@@ -25,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rltool.actors.lora import is_peft, save_merged
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STEP_PREFIX = "step_"
@@ -42,6 +48,12 @@ def model_dir(ckpt: Path) -> Path:
     return Path(ckpt) / "model"
 
 
+def adapter_dir(ckpt: Path) -> Path | None:
+    """The PEFT adapter of a LoRA checkpoint, None for a full fine-tuning one."""
+    path = Path(ckpt) / "adapter"
+    return path if path.is_dir() else None
+
+
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, scheduler,
                     trainer_state: dict, config_yaml: str, keep_last: int) -> Path:
     """Write `run_dir/checkpoints/step_N/` atomically, point `latest` at it, prune to `keep_last`.
@@ -57,6 +69,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
     # next save removes both the same way.
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{TMP_PREFIX}{name}-"))
     _save_model(tmp / "model", model, tokenizer)
+    if is_peft(model):
+        model.save_pretrained(tmp / "adapter")  # adapter_config.json + adapter_model.safetensors
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -152,8 +166,11 @@ def set_rng_state(d: dict) -> None:
 
 def _save_model(path: Path, model, tokenizer) -> None:
     # Safetensors is the default in transformers>=4.35 and the only format in 5.x (which dropped
-    # the `safe_serialization` flag); PEFT models save just the adapter, also as safetensors.
-    model.save_pretrained(path)
+    # the `safe_serialization` flag). A PEFT model is saved merged: a plain HF directory.
+    if is_peft(model):
+        save_merged(model, path)
+    else:
+        model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 

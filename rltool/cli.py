@@ -11,10 +11,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rltool.config import Config, ConfigError, register_configs
+from rltool.sweep import run_job
 
 COMMANDS = ("train", "eval", "validate")
 USAGE = "usage: rltool {train,eval,validate} [key=value ...] [-m] [--help]"
@@ -39,6 +41,7 @@ def to_config(cfg: DictConfig) -> Config:
     validate_env_config(config.env)
     validate_reward_config(config.reward)
     check_registries(config)
+    check_device(config)
     check_model_path(config.actors.path)
     return config
 
@@ -55,6 +58,15 @@ def check_registries(config: Config) -> None:
                                  ("algo.rollout", a.rollout, ROLLOUTS), ("algo.kl_estimator", a.kl_estimator, KL_ESTIMATORS)):
         if value not in registry:
             raise ConfigError(f"{key}={value!r}: unknown; valid: {', '.join(registry.names())}")
+
+
+def check_device(config: Config) -> None:
+    """hardware=auto resolves to cpu on a machine without a GPU: what needs CUDA is refused here too."""
+    import torch
+
+    if config.actors.qlora and config.hardware.device == "auto" and not torch.cuda.is_available():
+        raise ConfigError("actors.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none is visible; "
+                          "use actors.lora.r=16 on CPU")
 
 
 def check_model_path(path: str) -> None:
@@ -75,12 +87,9 @@ def check_model_path(path: str) -> None:
                           "(org/name) or embedded:smollm2-135m-instruct")
 
 
-def run(command: str, cfg: DictConfig) -> float | None:
-    try:
-        config = to_config(cfg)
-    except ConfigError as e:
-        print(f"rltool: config error: {e}", file=sys.stderr)
-        sys.exit(2)
+def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
+    """Validate, then train or evaluate; returns the final eval metrics (None for validate). Raises ConfigError."""
+    config = to_config(cfg)
     if not config.output_dir:
         config.output_dir = HydraConfig.get().runtime.output_dir
     if command == "validate":
@@ -110,7 +119,16 @@ def main() -> None:
 
     @hydra.main(config_path=conf_dir(), config_name="config", version_base="1.3")
     def entry(cfg: DictConfig) -> float | None:
-        return run(command, cfg)
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:  # one job of a sweep: its failure must not end the sweep
+            label = f"job {hc.job.num} ({' '.join(hc.overrides.task)})"
+            return run_job(lambda: run(command, cfg), label, Path(hc.runtime.output_dir), cfg.sweep_metric)
+        try:
+            run(command, cfg)
+        except ConfigError as e:
+            print(f"rltool: config error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return None
 
     entry()
 

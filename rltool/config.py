@@ -120,6 +120,11 @@ class AlgoConfig:
     overlong_buffer: int = 0
     """DAPO soft overlong penalty: the last `overlong_buffer` tokens before the limit are penalised linearly."""
     overlong_penalty: float = 1.0
+    mismatch_level: str = "token"
+    """Rollout/trainer mismatch correction (TIS): none | token | sequence importance weight pi_trainer/pi_vllm."""
+    mismatch_mode: str = "truncate"
+    """truncate: min(w, cap) (TIS) | mask: zero the tokens/sequences with w outside [1/cap, cap]."""
+    mismatch_cap: float = 2.0
     erl: ErlConfig = field(default_factory=ErlConfig)
 
     def __post_init__(self) -> None:
@@ -133,6 +138,9 @@ class AlgoConfig:
         check(self.iterations >= 1, "algo.iterations", self.iterations, "must be >= 1")
         check(self.max_refill_rounds >= 0, "algo.max_refill_rounds", self.max_refill_rounds, "must be >= 0")
         check(self.overlong_buffer >= 0, "algo.overlong_buffer", self.overlong_buffer, "must be >= 0")
+        check_choice("algo.mismatch_level", self.mismatch_level, ["none", "token", "sequence"])
+        check_choice("algo.mismatch_mode", self.mismatch_mode, ["truncate", "mask"])
+        check(self.mismatch_cap > 1, "algo.mismatch_cap", self.mismatch_cap, "must be > 1")
 
 
 @dataclass
@@ -165,11 +173,22 @@ class EnvConfig:
 
 @dataclass
 class LoraConfig:
+    """LoRA (Hu et al. 2021) on the policy: only the adapter trains; vLLM gets the merged weights."""
+
     r: int = 0
-    """0 disables LoRA."""
+    """Adapter rank; 0 disables LoRA (full fine-tuning)."""
     alpha: int = 16
+    """The update is (alpha / r) * B @ A."""
     dropout: float = 0.0
+    """Dropout on the adapter's input, in training forwards only."""
     target_modules: str = "all-linear"
+    """all-linear (every linear layer but the output head) or comma-separated names, e.g. 'q_proj,v_proj'."""
+
+    def __post_init__(self) -> None:
+        check(self.alpha > 0, "actors.lora.alpha", self.alpha, "must be > 0")
+        check(0 <= self.dropout < 1, "actors.lora.dropout", self.dropout, "must be in [0, 1)")
+        check(all(m.strip() for m in self.target_modules.split(",")), "actors.lora.target_modules",
+              self.target_modules, "must be all-linear or comma-separated module names, e.g. 'q_proj,v_proj'")
 
 
 @dataclass
@@ -182,6 +201,7 @@ class ActorConfig:
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     qlora: bool = False
+    """LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only); needs actors.lora.r > 0."""
 
     def __post_init__(self) -> None:
         check(self.lora.r >= 0, "actors.lora.r", self.lora.r, "must be >= 0")
@@ -317,6 +337,8 @@ class Config:
     resume: Optional[str] = None
     """A run directory (its latest checkpoint) or a checkpoint directory to continue from."""
     output_dir: str = "${hydra:runtime.output_dir}"
+    sweep_metric: str = "eval/accuracy_flexible"
+    """Final eval metric a multirun job returns to the sweeper (what Optuna optimises)."""
 
     def __post_init__(self) -> None:
         t = self.trainer
@@ -326,6 +348,9 @@ class Config:
               f"must be divisible by hardware.num_processes={self.hardware.num_processes}")
         check(not (self.actors.qlora and self.hardware.device == "cpu"), "actors.qlora", True,
               "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); use hardware=gpu1 or actors.lora.r=16 on CPU")
+        # after the device check: on CPU the refusal above is the useful message
+        check(self.actors.lora.r > 0 or not self.actors.qlora, "actors.lora.r", self.actors.lora.r,
+              "must be > 0 with actors.qlora=true (QLoRA trains a LoRA adapter), e.g. actors.lora.r=16")
 
 
 def register_configs() -> None:

@@ -45,7 +45,7 @@ def pass_at_n(engine, prompts, examples, cfg: Config) -> float:
     return solved / len(examples)
 
 
-def evaluate_main(cfg: Config) -> float:
+def evaluate_main(cfg: Config) -> dict[str, float]:
     """`rltool eval actors.path=outputs/<run>/final`: load the model into vLLM and evaluate it."""
     from rltool.actors.embedded import resolve_model_path
     from rltool.actors.load import load_model, load_tokenizer
@@ -56,10 +56,13 @@ def evaluate_main(cfg: Config) -> float:
     hw = resolve_hardware(cfg.hardware)
     path = resolve_model_path(cfg.actors.path)
     tokenizer = load_tokenizer(path)
-    model = load_model(path, hw.dtype, trainable=False) if cfg.rollout.engine == "hf" else None
+    model = load_model(path, hw.dtype, trainable=False, device=hw.device) if cfg.rollout.engine == "hf" else None
     engine = make_engine(cfg, hw, model, tokenizer, path)
     env = make_env(cfg.env)
-    metrics, rows = evaluate(engine, tokenizer, env, cfg)
+    try:
+        metrics, rows = evaluate(engine, tokenizer, env, cfg)
+    finally:
+        engine.close()  # `rltool eval -m` evaluates the next model in this process
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({"model": path, "env": cfg.env.name, "n": len(rows), **metrics}, indent=2))
@@ -69,4 +72,4 @@ def evaluate_main(cfg: Config) -> float:
     for k, v in metrics.items():
         print(f"  {k:28s} {v:.4f}")
     print(f"written: {out / 'eval.json'}")
-    return metrics["eval/accuracy_strict"]
+    return metrics

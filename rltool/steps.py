@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import torch
 
+from rltool import dist
 from rltool.actors.logprobs import completion_logp
 from rltool.algos.advantages import ADVANTAGES
 from rltool.algos.kl import KL_ESTIMATORS
 from rltool.algos.losses import POLICY_LOSSES, LossParams, agg_loss, masked_mean, sft_loss
+from rltool.algos.mismatch import mismatch_weights
 from rltool.batch import Batch
 from rltool.config import Config
 from rltool.samples import Sample
@@ -18,9 +20,10 @@ from rltool.samples import Sample
 
 @torch.no_grad()
 def logp_no_grad(model, batch: Batch, cfg: Config) -> torch.Tensor:
+    T = batch.mask.shape[1]
     parts = [completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width, cfg.rollout.temperature)[0]
-             for mb in batch.split(cfg.trainer.micro_batch_size)]
-    return torch.cat(parts)  # (B, T)
+             for mb in (m.trimmed() for m in batch.split(cfg.trainer.micro_batch_size))]
+    return torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1])) for p in parts])  # (B, T), batch's device
 
 
 def compute_logprobs(model, ref_model, batch: Batch, cfg: Config) -> Batch:
@@ -44,7 +47,10 @@ def compute_advantages(samples: list[Sample], batch: Batch, cfg: Config) -> None
     if batch.ref_logp is not None and a.kl_placement == "reward":
         kl = KL_ESTIMATORS[a.kl_estimator](batch.sample_logp, batch.ref_logp)  # (B, T)
         rewards = rewards - a.kl_coef * (kl * batch.mask).sum(-1)
-    adv = ADVANTAGES[a.advantage](rewards, torch.tensor([s.group for s in samples]), valid)  # (B,)
+    # Group members may sit on different ranks: estimate over every rank's samples, keep ours.
+    groups = torch.tensor([s.group for s in samples])  # (B,) ids unique across ranks
+    (all_rewards, offset), (all_groups, _), (all_valid, _) = (dist.gather_cat(x) for x in (rewards, groups, valid))
+    adv = ADVANTAGES[a.advantage](all_rewards, all_groups, all_valid)[offset:offset + len(samples)]  # (B,)
     for i, s in enumerate(samples):
         if s.adv is None:
             s.adv = float(adv[i])
@@ -65,21 +71,36 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     """
     a, t = cfg.algo, cfg.trainer
     params = LossParams(eps_low=a.clip_eps_low, eps_high=a.clip_eps_high, ratio_level=a.ratio_level)
-    micro = batch.split(t.micro_batch_size)
     rl_mask, sft_mask = batch.rl_mask, batch.sft_mask
-    rl_counts = dict(num_seqs=float(rl_mask.any(-1).sum()), num_tokens=float(rl_mask.sum()),
-                     max_len=cfg.rollout.max_new_tokens, num_micro=len(micro))
-    sft_counts = dict(rl_counts, num_seqs=float(sft_mask.any(-1).sum()), num_tokens=float(sft_mask.sum()))
     kl_in_loss = batch.ref_logp is not None and a.kl_placement == "loss"
-    totals: dict[str, torch.Tensor] = {}
+    # Normalisers count the whole batch; rows that cannot move the gradient are then left out of the
+    # forward/backward (bnpo's per-micro-batch mean depends on the split, so it keeps every row).
+    # The rest are sorted by length so each trimmed micro-batch carries little padding.
+    live = batch if a.agg == "bnpo" else batch.select(by_length(batch, contributing_rows(batch, kl_in_loss)))
+    micro = [mb.trimmed().to(model.device) for mb in live.split(t.micro_batch_size)]
+    # Step totals over every rank (DAPO's global token mean); see agg_loss for the world-size factor.
+    rl_counts = dict(num_seqs=dist.sum_over_ranks(float(rl_mask.any(-1).sum())),
+                     num_tokens=dist.sum_over_ranks(float(rl_mask.sum())),
+                     max_len=cfg.rollout.max_new_tokens, num_micro=len(micro))
+    sft_counts = dict(rl_counts, num_seqs=dist.sum_over_ranks(float(sft_mask.any(-1).sum())),
+                      num_tokens=dist.sum_over_ranks(float(sft_mask.sum())))
+    totals: dict[str, torch.Tensor] = {"update/rows": torch.tensor(float(len(live)))}
 
     optimizer.zero_grad(set_to_none=True)
+    if not micro:  # all advantages 0: the step is AdamW on zero gradients, exactly as if we had run them
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
     for mb in micro:
         logp, entropy = completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width,
                                         cfg.rollout.temperature, with_entropy=True)  # (b, T)
         old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()
         token_loss, m = POLICY_LOSSES[a.loss](logp, old_logp, mb.adv, mb.rl_mask, params)  # (b, T)
-        loss = agg_loss(token_loss * mb.loss_weight[:, None], mb.rl_mask, a.agg, **rl_counts)
+        # TIS: the samples came from the engine's pi, not the trainer's pi_old; reweight per token/sequence.
+        tis, tis_m = mismatch_weights(old_logp, mb.sample_logp, mb.rl_mask, a.mismatch_level, a.mismatch_mode,
+                                      a.mismatch_cap)  # (b, T)
+        m |= tis_m
+        loss = agg_loss(token_loss * tis * mb.loss_weight[:, None], mb.rl_mask, a.agg, **rl_counts)
         m["loss/policy"] = loss.detach()
         if kl_in_loss:
             kl = agg_loss(KL_ESTIMATORS[a.kl_estimator](logp, mb.ref_logp), mb.rl_mask, a.agg, **rl_counts)
@@ -102,6 +123,22 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     return totals
 
 
+def contributing_rows(batch: Batch, kl_in_loss: bool) -> torch.Tensor:
+    """Indices of rows whose loss has a gradient: a non-zero advantage, an SFT target, or a KL term.
+
+    A clipped-surrogate token with advantage 0 has loss 0 and gradient 0 whatever its ratio, so with
+    sparse rewards (most groups all-wrong) most of the batch is skipped at no change to the update.
+    """
+    rl_rows = batch.rl_mask.any(-1)  # (B,)
+    keep = (rl_rows & ((batch.adv != 0) | kl_in_loss)) | batch.sft_mask.any(-1)
+    return keep.nonzero().squeeze(-1)
+
+
+def by_length(batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+    """`rows` reordered by prompt + completion length (stable)."""
+    return rows[batch.attention_mask[rows].sum(-1).argsort(stable=True)]
+
+
 def rollout_metrics(samples: list[Sample], batch: Batch) -> dict[str, float]:
     scored = [s for s in samples if s.reward is not None and s.kind == "attempt"]  # comparable across algos
     lengths = batch.mask.sum(-1)  # (B,)
@@ -112,5 +149,7 @@ def rollout_metrics(samples: list[Sample], batch: Batch) -> dict[str, float]:
         "rollout/len": float(lengths.mean()),
         "rollout/truncated": sum(s.truncated for s in samples) / len(samples),
         "rollout/tokens": float(lengths.sum()),
+        # generated this step ("distill" samples re-use a retry's tokens): the budget ERL and GRPO are matched on
+        "rollout/gen_tokens": float(sum(len(s.completion_ids) for s in samples if s.kind != "distill")),
         "rollout/samples": float(len(samples)),
     }

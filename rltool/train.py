@@ -10,6 +10,8 @@ registers a new piece, never a branch here.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ from omegaconf import OmegaConf
 
 from rltool import ckpt
 from rltool.actors.embedded import resolve_model_path
-from rltool.actors.load import load_model, load_tokenizer
+from rltool.actors.load import load_policy, load_reference, load_tokenizer
 from rltool.algos.rollouts import ROLLOUTS, RolloutContext
 from rltool.batch import collate
 from rltool.config import Config
@@ -33,7 +35,8 @@ from rltool.rollout import make_engine, sync_weights
 from rltool.steps import compute_advantages, compute_logprobs, optimize, rollout_metrics, split_updates
 
 
-def train(cfg: Config) -> float:
+def train(cfg: Config) -> dict[str, float]:
+    """Returns the final eval metrics ({} with eval.enabled=false): a multirun tables them per job."""
     # ---- setup: seed, hardware, actors, engine, env, optimizer, resume ----
     hw = resolve_hardware(cfg.hardware)
     torch.manual_seed(cfg.seed)
@@ -48,9 +51,10 @@ def train(cfg: Config) -> float:
 
     base_dir = resolve_model_path(cfg.actors.path)
     model_dir = str(ckpt.model_dir(resume_from)) if resume_from else base_dir  # resume: weights from the checkpoint
-    model = load_model(model_dir, hw.dtype, trainable=True, gradient_checkpointing=cfg.actors.gradient_checkpointing)
+    # LoRA resume: base from actors.path + the checkpoint's adapter; vLLM starts from model_dir (merged)
+    model = load_policy(cfg.actors, hw.dtype, base_dir=base_dir, resume_from=resume_from, device=hw.device)
     tokenizer = load_tokenizer(model_dir)
-    ref_model = load_model(base_dir, hw.dtype, trainable=False) if cfg.algo.kl_coef > 0 else None
+    ref_model = load_reference(model, base_dir, hw.dtype, hw.device) if cfg.algo.kl_coef > 0 else None  # LoRA: adapter off
     engine = make_engine(cfg, hw, model, tokenizer, model_dir)
 
     env = make_env(cfg.env)
@@ -58,7 +62,8 @@ def train(cfg: Config) -> float:
     sampler = PromptSampler(env.train_examples(), cfg.seed)
     rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, engine, tokenizer, env, scorer, sampler.draw))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter only
+    optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start, history = 0, []
     if resume_from:
@@ -78,11 +83,13 @@ def train(cfg: Config) -> float:
                                                  (cfg.trainer.eval_every and s % cfg.trainer.eval_every == 0))
 
     # ---- the loop ----
-    with Progress(cfg.trainer.max_steps, start, enabled=True) as progress:
+    # closing(): a multirun runs its next job in this process, so a failing job must still let go of its engine
+    with Progress(cfg.trainer.max_steps, start, enabled=True) as progress, closing(engine), closing(log):
         for step in range(start, cfg.trainer.max_steps):
             if eval_due(step) and not (resume_from and step == start):
                 run_eval(engine, tokenizer, env, cfg, step, log)
 
+            started = time.perf_counter(), time.process_time()
             with timer("generate"):
                 samples, metrics = rollout(step)
             engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory for the update; no-op on CPU
@@ -99,26 +106,32 @@ def train(cfg: Config) -> float:
                 engine.wake()
                 sync_weights(engine, model)
 
-            metrics |= rollout_metrics(samples, batch)
-            metrics["perf/lr"] = scheduler.get_last_lr()[0]
-            log.log_data_order(step + 1, list(dict.fromkeys(s.example_id for s in samples)))
             phases = timer.split()
-            metrics |= {f"time/{k}": v for k, v in phases.items()}
-            metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(phases.get("generate", 0.0), 1e-9)
-            metrics = {k: float(v) for k, v in metrics.items()}  # the step's one device sync for metrics
+            metrics = step_metrics(metrics, samples, batch, scheduler, phases, started)
             log.log(step + 1, metrics)
+            log.log_data_order(step + 1, list(dict.fromkeys(s.example_id for s in samples)))
             history.append({"step": step + 1, **metrics})
             progress.update(step + 1, metrics, phases)
 
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
                 save(run_dir, step + 1, model, tokenizer, optimizer, scheduler, sampler, rollout, history, cfg)
 
-    final_metrics = run_eval(engine, tokenizer, env, cfg, cfg.trainer.max_steps, log) if eval_due(cfg.trainer.max_steps) else {}
+        final_metrics = run_eval(engine, tokenizer, env, cfg, cfg.trainer.max_steps, log) if eval_due(cfg.trainer.max_steps) else {}
     final_dir = ckpt.save_final(run_dir, model, tokenizer)
-    log.close()
     plot_run(run_dir)
     print(f"done: {run_dir} (final model: {final_dir})")
-    return float(final_metrics.get("eval/accuracy_strict", float("nan")))
+    return final_metrics
+
+
+def step_metrics(metrics: dict, samples, batch, scheduler, phases: dict[str, float],
+                 started: tuple[float, float]) -> dict[str, float]:
+    """Everything logged for one step. The float() conversion is the step's one device sync."""
+    metrics = metrics | rollout_metrics(samples, batch) | {f"time/{k}": v for k, v in phases.items()}
+    metrics["perf/lr"] = scheduler.get_last_lr()[0]
+    metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(phases.get("generate", 0.0), 1e-9)
+    metrics["time/step"] = time.perf_counter() - started[0]
+    metrics["time/step_cpu"] = time.process_time() - started[1]  # all threads: above wall when they overlap
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def run_eval(engine, tokenizer, env, cfg: Config, step: int, log: MetricsLog) -> dict:
@@ -155,7 +168,8 @@ def warn_config_drift(cfg: Config, ckpt_dir: Path) -> None:
     """The checkpoint's config wins for what it stores; a differing seed or algorithm is worth a warning."""
     saved = OmegaConf.load(ckpt_dir / "config.yaml")
     now = OmegaConf.structured(cfg)
-    for key in ("seed", "algo.name", "env.name", "trainer.prompts_per_step", "trainer.group_size"):
+    for key in ("seed", "algo.name", "env.name", "trainer.prompts_per_step", "trainer.group_size",
+                "actors.lora.r", "actors.qlora"):
         old, new = OmegaConf.select(saved, key), OmegaConf.select(now, key)
         if old != new:
             print(f"warning: resume: {key}={new!r} differs from the checkpoint's {old!r}")

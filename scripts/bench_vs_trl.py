@@ -1,19 +1,20 @@
 """One GRPO step of rltool vs TRL's GRPOTrainer on identical settings (CPU, float32).
 
-    nice -n 5 .venv/bin/python scripts/bench_vs_trl.py --prompts 4 --group-size 4 --max-new-tokens 64
+    nice -n 5 .venv/bin/python scripts/bench_vs_trl.py --prompts 4 --group-size 4 --max-new-tokens 64 [--reward sparse]
 
-Same model directory (the embedded SmolLM2-135M-Instruct), same prompts (the first `--prompts`
-training problems of the arithmetic env, as chat messages; each side applies the same tokenizer
-chat template), G completions per prompt, max completion length, temperature 1.0, micro-batch,
-learning rate (constant), grad clip, one update pass per rollout, no KL, per-sequence token-mean
-loss, group z-score advantages, and the same reward: rltool's registered `gsm8k_strict`, wrapped
-as a TRL reward function. One optimizer step covers all prompts x G completions on both sides.
+Same model directory (the embedded SmolLM2-135M-Instruct), same prompts (the problems rltool's
+sampler draws for steps 1-2 of the arithmetic env, as chat messages; each side applies the same
+tokenizer chat template), G completions per prompt, max completion length, temperature 1.0,
+micro-batch, learning rate (constant), grad clip, one update pass per rollout, no KL,
+per-sequence token-mean loss, group z-score advantages, and the same reward: rltool's Scorer,
+wrapped as a TRL reward function. One optimizer step covers all prompts x G completions.
 
-rltool: the pieces train.py builds, from a Config composed with Hydra's compose API, and the
-loop body of train.py (rollout, logprobs, advantages, update, weight sync) timed per phase.
-TRL: GRPOTrainer with use_vllm=False, each optimizer step timed with a TrainerCallback
-(on_step_begin -> on_step_end; logging happens after on_step_end and is excluded, as on ours).
-Both: step 1 is a warm-up, step 2 is the number; one-time startup is reported but excluded.
+rltool: `train()` itself (eval and checkpoints off); each step's phases and wall/CPU time come
+from its metrics.jsonl. TRL: GRPOTrainer with use_vllm=False, each optimizer step timed with a
+TrainerCallback (on_step_begin -> on_step_end; logging happens after on_step_end and is
+excluded, as on ours). Both: step 1 is a warm-up, step 2 is the number; startup is excluded.
+`--reward dense` (default) gives nearly every completion its own reward, so both sides do the
+full update; `--reward sparse` shows rltool skipping the rows of all-wrong groups.
 
 Each side runs in its own subprocess of this script: vLLM's CPU worker binds the process's OpenMP
 threads when it starts, and TRL imports vLLM too, so one process would not give each a clean start.
@@ -40,19 +41,26 @@ STEPS = 2  # step 1 warms up (lazy init, allocator, first compiled shapes); step
 GOAL = 0.5  # the issue's target: rltool step time <= 0.5x TRL's
 
 
-def compose_config(args):
+REWARDS = {
+    # dense: every completion gets its own shaped reward, so (almost) every row carries gradient on both sides
+    "dense": ["reward=arithmetic", "reward.length_penalty=0.5"],
+    # sparse: last-number correctness only; most groups are all-wrong (~5% success): rltool skips their rows
+    "sparse": ["reward.terms=[{name:gsm8k_flexible,weight:1.0}]", "reward.success=gsm8k_flexible"],
+}
+
+
+def compose_config(args, output_dir: str):
     from hydra import compose, initialize_config_dir
 
     from rltool.cli import to_config
     from rltool.config import register_configs
 
     overrides = [
-        "hardware=cpu", "env=arithmetic", "algo=grpo", "eval.enabled=false",
-        f"trainer.prompts_per_step={args.prompts}", f"trainer.group_size={args.group_size}",
+        "hardware=cpu", "env=arithmetic", "algo=grpo", "eval.enabled=false", f"trainer.max_steps={STEPS}",
+        "trainer.save_every=0", f"trainer.prompts_per_step={args.prompts}", f"trainer.group_size={args.group_size}",
         f"trainer.micro_batch_size={args.micro_batch}", f"rollout.max_new_tokens={args.max_new_tokens}",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "trainer.lr_schedule=constant", "trainer.warmup_steps=0",
-        "reward.terms=[{name:gsm8k_strict,weight:1.0}]", "reward.success=gsm8k_strict",
-        f"output_dir={tempfile.mkdtemp(prefix='bench_vs_trl-')}",
+        *REWARDS[args.reward], f"output_dir={output_dir}",
     ]
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -60,93 +68,57 @@ def compose_config(args):
     return to_config(cfg), overrides  # OmegaConf.to_object + every __post_init__ and registry check
 
 
-def prompts_of(cfg):
+def step_prompts(cfg):
+    """The prompts rltool's sampler draws for steps 1..STEPS: TRL trains on exactly these."""
+    from rltool.data import PromptSampler
     from rltool.envs import make_env
 
     env = make_env(cfg.env)
-    return env, env.train_examples()[:cfg.trainer.prompts_per_step]
+    sampler = PromptSampler(env.train_examples(), cfg.seed)
+    return env, [e for _ in range(STEPS) for e in sampler.draw(cfg.trainer.prompts_per_step)]
 
 
-# ---- rltool: train.py's setup and loop body, without eval, logging or checkpoints ----
+# ---- rltool: train() itself, as `rltool train` runs it, with eval and checkpoints off ----
 
 def run_rltool(args) -> dict:
     import torch
-
-    from rltool.actors.embedded import resolve_model_path
-    from rltool.actors.load import load_model, load_tokenizer
-    from rltool.algos.rollouts import ROLLOUTS, RolloutContext
-    from rltool.batch import collate
-    from rltool.hardware import resolve_hardware
-    from rltool.metrics import PhaseTimer
-    from rltool.rewards.score import Scorer
-    from rltool.rollout import make_engine, sync_weights
-    from rltool.steps import compute_advantages, compute_logprobs, optimize, rollout_metrics, split_updates
-    from rltool.train import lr_lambda
-
-    cfg, overrides = compose_config(args)
-    startup = PhaseTimer()
-    with startup("models"):
-        hw = resolve_hardware(cfg.hardware)
-        torch.manual_seed(cfg.seed)
-        model_dir = resolve_model_path(cfg.actors.path)
-        model = load_model(model_dir, hw.dtype, trainable=True,
-                           gradient_checkpointing=cfg.actors.gradient_checkpointing)
-        tokenizer = load_tokenizer(model_dir)
-        ref_model = load_model(model_dir, hw.dtype, trainable=False) if cfg.algo.kl_coef > 0 else None
-    with startup("vllm_engine"):
-        engine = make_engine(cfg, hw, model, tokenizer, model_dir)
-    env, examples = prompts_of(cfg)
-    scorer = Scorer.from_config(cfg.reward, cfg.rollout.max_new_tokens)
-    # The same fixed prompts every step, as TRL sees them (train.py draws from a PromptSampler).
-    rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, engine, tokenizer, env, scorer, lambda k: examples[:k]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-
-    timer, steps = PhaseTimer(), []
-    for step in range(STEPS):
-        t0, c0 = perf_counter(), process_time()
-        with timer("generate"):
-            samples, metrics = rollout(step)
-        engine.sleep()  # no-op on CPU
-        with timer("logprobs"):
-            batch = compute_logprobs(model, ref_model, collate(samples, tokenizer.pad_token_id), cfg)
-        with timer("advantage"):
-            compute_advantages(samples, batch, cfg)
-        with timer("update"):
-            for part in split_updates(samples, batch):
-                for _ in range(cfg.algo.iterations):
-                    metrics |= optimize(model, optimizer, part, cfg)
-            scheduler.step()
-        with timer("sync"):
-            engine.wake()
-            sync_weights(engine, model)
-        metrics |= rollout_metrics(samples, batch)
-        metrics = {k: float(v) for k, v in metrics.items()}  # train.py's one sync for metrics, inside the step
-        seconds, cpu_s = perf_counter() - t0, process_time() - c0
-        steps.append({"step": step + 1, "seconds": round(seconds, 3), "cpu_s": round(cpu_s, 3),
-                      "phases_s": {k: round(v, 3) for k, v in timer.split().items()},
-                      "completions": len(samples), "completion_tokens": metrics["rollout/tokens"],
-                      "completion_len_mean": round(metrics["rollout/len"], 2),
-                      "truncated_frac": metrics["rollout/truncated"], "reward_mean": metrics["reward/mean"],
-                      "loss_policy": metrics.get("loss/policy"), "grad_norm": metrics.get("policy/grad_norm")})
-        print(f"rltool step {step + 1}: {steps[-1]}", flush=True)
     from vllm import __version__ as vllm_version
 
-    return {"startup_s": {k: round(v, 2) for k, v in startup.split().items()}, "steps": steps,
+    from rltool.train import train
+
+    output_dir = tempfile.mkdtemp(prefix="bench_vs_trl-")
+    cfg, overrides = compose_config(args, output_dir)
+    t0 = perf_counter()
+    train(cfg)
+    total_s = perf_counter() - t0
+    rows = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    steps = []
+    for m in (r for r in rows if "time/step" in r):
+        steps.append({"step": m["step"], "seconds": round(m["time/step"], 3), "cpu_s": round(m["time/step_cpu"], 3),
+                      "phases_s": {k[5:]: round(v, 3) for k, v in m.items()
+                                   if k.startswith("time/") and k not in ("time/step", "time/step_cpu")},
+                      "completions": m["rollout/samples"], "completion_tokens": m["rollout/tokens"],
+                      "completion_len_mean": round(m["rollout/len"], 2), "rows_updated": m.get("update/rows"),
+                      "truncated_frac": m["rollout/truncated"], "reward_mean": m["reward/mean"],
+                      "loss_policy": m.get("loss/policy"), "grad_norm": m.get("policy/grad_norm")})
+        print(f"rltool step {m['step']}: {steps[-1]}", flush=True)
+    return {"startup_and_teardown_s": round(total_s - sum(x["seconds"] for x in steps), 2), "steps": steps,
             "torch_threads": torch.get_num_threads(), "vllm_version": vllm_version,
             "overrides": [o for o in overrides if not o.startswith("output_dir=")]}
 
 
 # ---- TRL: GRPOTrainer on the same model directory, prompts and reward ----
 
-def gsm8k_strict(prompts, completions, example_id, question, answer, **kwargs) -> list[float | None]:
-    """rltool's registered `gsm8k_strict` as a TRL reward function (conversational completions)."""
+def trl_reward(scorer):
+    """rltool's Scorer (the configured reward terms, length penalty included) as a TRL reward function."""
     from rltool.envs.base import Example
-    from rltool.rewards.registry import REWARDS, call_reward
 
-    fn = REWARDS["gsm8k_strict"]
-    return [call_reward(fn, c[-1]["content"], Example(i, q, a))[0]
-            for c, i, q, a in zip(completions, example_id, question, answer)]
+    def reward(prompts, completions, completion_ids, example_id, question, answer, **kwargs) -> list[float | None]:
+        return [scorer(c[-1]["content"], Example(i, q, a), len(ids)).reward
+                for c, ids, i, q, a in zip(completions, completion_ids, example_id, question, answer)]
+
+    reward.__name__ = "rltool_scorer"
+    return reward
 
 
 def run_trl(args) -> dict:
@@ -159,9 +131,11 @@ def run_trl(args) -> dict:
     from rltool.actors.embedded import resolve_model_path
     from rltool.actors.load import load_model, load_tokenizer
 
-    cfg, _ = compose_config(args)
+    from rltool.rewards.score import Scorer
+
+    cfg, _ = compose_config(args, tempfile.mkdtemp(prefix="bench_vs_trl-trl-"))
     t = cfg.trainer
-    env, examples = prompts_of(cfg)
+    env, examples = step_prompts(cfg)
     dataset = Dataset.from_list([{"prompt": env.messages(e), "example_id": e.id, "question": e.question,
                                   "answer": e.answer} for e in examples])
     completions_per_step = t.prompts_per_step * t.group_size
@@ -219,7 +193,7 @@ def run_trl(args) -> dict:
         seed=cfg.seed, dataloader_num_workers=0,
     )
     timer = StepTimer()
-    trainer = TimedGRPOTrainer(model=model, reward_funcs=gsm8k_strict, args=trl_args, train_dataset=dataset,
+    trainer = TimedGRPOTrainer(model=model, reward_funcs=trl_reward(Scorer.from_config(cfg.reward, cfg.rollout.max_new_tokens)), args=trl_args, train_dataset=dataset,
                                processing_class=tokenizer, callbacks=[timer])
     startup_s = perf_counter() - startup_t0
     trainer.train()
@@ -253,6 +227,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--reward", choices=sorted(REWARDS), default="dense",
+                   help="dense: shaped reward, every row has gradient; sparse: 0/1 correctness (rltool skips zero-advantage rows)")
     p.add_argument("--micro-batch", type=int, default=8, help="rltool micro_batch_size = TRL per_device_train_batch_size")
     p.add_argument("--out", default="bench_results/vs_trl.json")
     p.add_argument("--part", choices=["rltool", "trl"], help=argparse.SUPPRESS)  # internal: run one side
@@ -294,7 +270,7 @@ def main() -> None:
             "generations_per_prompt": args.group_size, "completions_per_step": args.prompts * args.group_size,
             "max_completion_length": args.max_new_tokens, "micro_batch": args.micro_batch,
             "temperature": 1.0, "top_p": 1.0, "iterations": 1, "kl": 0.0, "loss_agg": "grpo (per-sequence token mean)",
-            "reward": "gsm8k_strict (rltool REWARDS registry)", "lr_schedule": "constant",
+            "reward": f"{args.reward}: {' '.join(REWARDS[args.reward])} (rltool Scorer on both sides)", "lr_schedule": "constant",
             "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "cpu_count": os.cpu_count(), "nice": os.nice(0),
             "rltool_generation": "vLLM (in-process, CPU backend)", "trl_generation": "transformers generate",
         },
@@ -318,9 +294,10 @@ def main() -> None:
             "less sensitive to that load and is given as a cross-check; the goal is stated on wall-clock time.",
         ],
     }
-    if ours["reward_mean"] == 0 and theirs["reward_mean"] == 0:
-        result["notes"].append("reward_mean is 0 on both sides, so advantages and gradients are 0; forward and "
-                               "backward still run in full, so the timing is unaffected.")
+    if args.reward == "sparse":
+        result["notes"].append("sparse reward: rltool leaves rows with advantage 0 out of the forward/backward "
+                               "(exactly the same update; see steps.contributing_rows); TRL computes them. "
+                               f"rows updated by rltool at the reported step: {ours['rows_updated']}.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

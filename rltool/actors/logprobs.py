@@ -15,6 +15,10 @@ def completion_logp(model, input_ids: Tensor, attention_mask: Tensor, prompt_wid
     so ratios compare like with like.
     """
     T = input_ids.shape[1] - prompt_width
+    # The batch stays where collate built it; a model elsewhere (QLoRA's 4-bit base is on CUDA) gets
+    # copies, and logp comes back to the batch's device. A no-op when both are on the same device.
+    batch_device = input_ids.device
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+T): left padding needs explicit positions
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 logits_to_keep=T + 1, use_cache=False)
@@ -25,5 +29,5 @@ def completion_logp(model, input_ids: Tensor, attention_mask: Tensor, prompt_wid
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = logz - (torch.softmax(logits, -1) * logits).sum(-1)  # (B, T)
-    return logp, entropy
+            entropy = (logz - (torch.softmax(logits, -1) * logits).sum(-1)).to(batch_device)  # (B, T)
+    return logp.to(batch_device), entropy

@@ -1,6 +1,7 @@
 """Rollout engines (vLLM by default, HF generate for debugging) and trainer -> engine weight sync."""
 from __future__ import annotations
 
+from rltool.actors.lora import named_weights_for_engine
 from rltool.config import Config
 
 
@@ -12,15 +13,20 @@ def make_engine(cfg: Config, hw, model, tokenizer, model_dir: str):
     from rltool.rollout.vllm_engine import VLLMEngine
 
     h = cfg.hardware
-    return VLLMEngine(model_dir, dtype=hw.dtype, device=hw.device, seed=cfg.seed,
-                      max_model_len=cfg.rollout.max_prompt_len + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens,
-                                                                      cfg.algo.erl.reflection_max_new_tokens),
-                      gpu_memory_utilization=h.vllm_gpu_memory_utilization, kv_cache_gib=h.vllm_kv_cache_gib,
-                      max_num_seqs=h.vllm_max_num_seqs, sleep_mode=h.sleep_mode)
+    engine = VLLMEngine(model_dir, dtype=hw.dtype, device=hw.device, seed=cfg.seed,
+                        max_model_len=cfg.rollout.max_prompt_len + max(cfg.rollout.max_new_tokens,
+                                                                        cfg.eval.max_new_tokens,
+                                                                        cfg.algo.erl.reflection_max_new_tokens),
+                        gpu_memory_utilization=h.vllm_gpu_memory_utilization, kv_cache_gib=h.vllm_kv_cache_gib,
+                        max_num_seqs=h.vllm_max_num_seqs, sleep_mode=h.sleep_mode)
+    if cfg.actors.qlora and model is not None:  # the trainer's base is model_dir's rounded to 4 bits: start vLLM on it
+        sync_weights(engine, model)
+    return engine
 
 
 def sync_weights(engine, model) -> None:
-    """Push the trainer's weights into the engine. `remove_duplicate=False` keeps tied names
-    (lm_head.weight = embed_tokens.weight): vLLM's CPU backend keeps a separate lm_head copy and
-    would silently keep generating with the old one otherwise."""
-    engine.update_weights(model.named_parameters(remove_duplicate=False))
+    """Push the trainer's weights into the engine. Tied names are kept (lm_head.weight =
+    embed_tokens.weight): vLLM's CPU backend keeps a separate lm_head copy and would silently keep
+    generating with the old one otherwise. A LoRA policy is pushed merged (W + BA under the base
+    names): the engine holds the full base model."""
+    engine.update_weights(named_weights_for_engine(model))

@@ -32,3 +32,8 @@ class Engine(Protocol):
 
     def wake(self) -> None:
         ...
+
+    def close(self) -> None:
+        """Release everything the engine holds. A multirun runs its jobs one after another in one
+        process, so what a job's engine keeps would otherwise still be held when the next job starts."""
+        ...

@@ -22,6 +22,7 @@ class HFEngine:
         P = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompts])  # (N, P) left-padded
         attention_mask = (torch.arange(P)[None] >= torch.tensor([P - len(p) for p in prompts])[:, None]).long()
+        input_ids, attention_mask = input_ids.to(self.model.device), attention_mask.to(self.model.device)
         was_training = self.model.training
         self.model.eval()
         kwargs = dict(do_sample=False) if sampling.greedy else dict(
@@ -53,3 +54,6 @@ class HFEngine:
 
     def wake(self) -> None:
         pass
+
+    def close(self) -> None:
+        self.model = self.tokenizer = None  # the trainer's objects: freed when train() lets go of them too

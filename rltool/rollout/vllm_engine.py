@@ -6,6 +6,7 @@ the CPU backend repacks weights after loading; reload re-runs that post-processi
 """
 from __future__ import annotations
 
+import gc
 import os
 from typing import Iterable
 
@@ -74,6 +75,21 @@ class VLLMEngine:
     def wake(self) -> None:
         if self.sleep_mode:
             self.llm.wake_up()
+
+    def close(self) -> None:
+        """Shut vLLM down in-process so the next job of a multirun can start its own engine.
+
+        `engine_core.shutdown()` stops the executor, undoes the gc.freeze() vLLM does at startup
+        (frozen objects, weights and KV cache among them, are never collected otherwise) and tears
+        down vLLM's distributed state, emptying the CUDA cache on GPU. Then the LLM is dropped and
+        collected. The shutdown is idempotent. Not tested with CUDA vLLM here. Under
+        external_launcher the torch.distributed group torn down is the trainer's own, so close last.
+        """
+        if self.llm is None:
+            return
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        gc.collect()
 
 
 def _completion(c) -> Completion:

@@ -15,6 +15,9 @@ CASES = [
     (["env.name=nope"], "env.name='nope': unknown environment 'nope'; valid: arithmetic, gsm8k"),
     (["rollout.engine=sglang"], "rollout.engine='sglang': must be one of vllm, hf"),
     (["actors.qlora=true", "hardware=cpu"], "actors.qlora=True: QLoRA needs a CUDA GPU"),
+    (["actors.qlora=true", "actors.lora.r=16"], "actors.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none"),
+    (["algo.mismatch_cap=1"], "algo.mismatch_cap=1.0: must be > 1"),
+    (["algo.mismatch_level=seq"], "algo.mismatch_level='seq': must be one of none, token, sequence"),
     (["algo=erl", "algo.erl.retry_template='{prompt} {attempt}'"], "algo.erl.retry_template"),
 ]
 

@@ -1,15 +1,18 @@
 """vLLM generates with the trainer's new weights after every step (the stale-weights bug peers ship).
 
 Real engine, real model, a real optimizer step with a large learning rate; then vLLM's log-probs
-for a fixed completion must move and agree with the trainer's own.
+for a fixed completion must move and agree with the trainer's own. Run for full fine-tuning and
+for LoRA (the engine gets the merged W + BA under the base names). Each engine is closed before
+the next starts, as in a multirun.
 """
 import pytest
 import torch
 
 from rltool.actors.embedded import materialize
-from rltool.actors.load import load_model, load_tokenizer
+from rltool.actors.load import load_policy, load_tokenizer
 from rltool.actors.logprobs import completion_logp
 from rltool.batch import collate
+from rltool.config import ActorConfig, LoraConfig
 from rltool.rollout import sync_weights
 from rltool.rollout.engine import Sampling
 from rltool.rollout.prompts import encode_chat
@@ -19,14 +22,15 @@ from rltool.samples import Sample
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=[0, 8], ids=["full", "lora_r8"])
+def setup(request):
     path = str(materialize())
     tokenizer = load_tokenizer(path)
-    model = load_model(path, "float32", trainable=True)
+    model = load_policy(ActorConfig(path=path, lora=LoraConfig(r=request.param)), "float32", base_dir=path)
     engine = VLLMEngine(path, dtype="float32", device="cpu", seed=0, max_model_len=512, kv_cache_gib=1, max_num_seqs=16)
     prompt = encode_chat(tokenizer, [{"role": "user", "content": "What is 17 + 25?"}], 256)
-    return tokenizer, model, engine, prompt
+    yield tokenizer, model, engine, prompt
+    engine.close()
 
 
 def trainer_logp(model, prompt, completion):
@@ -46,7 +50,7 @@ def test_vllm_follows_trainer_after_step(setup):
     completion = tokenizer.encode(" The answer is 42.", add_special_tokens=False)
     before = torch.tensor(engine.prompt_logprobs(prompt, completion))
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)  # LoRA: adapter only
     batch = collate([Sample(prompt, completion, [0.0] * len(completion), group=0, reward=1.0)], pad_id=0)
     logp, _ = completion_logp(model, batch.input_ids, batch.attention_mask, batch.prompt_width)
     (-logp.sum()).backward()  # push the completion's likelihood up hard

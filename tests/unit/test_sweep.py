@@ -1,0 +1,107 @@
+"""The multirun summary: each job's outcome through run_job and SweepSummary.on_job_end, as Hydra's
+run_job calls them, then on_multirun_end's CSV, table and exit code."""
+import csv
+
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from rltool import sweep
+from rltool.config import ConfigError
+
+METRICS = {"eval/accuracy_strict": 0.25, "eval/accuracy_flexible": 0.5, "eval/accuracy_math_verify": 0.5,
+           "eval/format_rate": 1.0, "eval/len": 7.0}
+HEADER = ["job", "overrides", "status", "eval/accuracy_strict", "eval/accuracy_flexible",
+          "eval/accuracy_math_verify", "eval/format_rate", "run_dir", "error"]
+
+
+def hydra_config(sweep_dir, num, mode=RunMode.MULTIRUN, sweep_metric="eval/accuracy_flexible"):
+    """The keys of Hydra's job config the callback reads."""
+    return OmegaConf.create({"sweep_metric": sweep_metric, "hydra": {
+        "mode": mode, "job": {"num": num}, "runtime": {"output_dir": str(sweep_dir / str(num))},
+        "sweep": {"dir": str(sweep_dir)}}})
+
+
+def run_one(callback, sweep_dir, num, overrides, job, sweep_metric="eval/accuracy_flexible"):
+    """One job as hydra.core.utils.run_job runs it: task body, then on_job_end with the task's return."""
+    job_dir = sweep_dir / str(num)
+    job_dir.mkdir(parents=True)
+    value = sweep.run_job(job, f"job {num}", job_dir, sweep_metric)
+    callback.on_job_end(hydra_config(sweep_dir, num, sweep_metric=sweep_metric),
+                        JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value))
+    return value
+
+
+def raise_(error):
+    raise error
+
+
+def read_csv(path):
+    return list(csv.reader(path.open()))
+
+
+def test_failed_jobs_are_tabled_and_the_exit_code_is_one(tmp_path, capsys):
+    cb = sweep.SweepSummary()
+    # Jobs may end out of order (parallel launchers); rows come out by job number.
+    assert run_one(cb, tmp_path, 2, ["seed=1"], lambda: raise_(RuntimeError("CUDA out of memory\ndetails"))) is None
+    assert run_one(cb, tmp_path, 0, ["seed=0"], lambda: METRICS) == 0.5
+    assert run_one(cb, tmp_path, 1, ["trainer.group_size=1"],
+                   lambda: raise_(ConfigError("trainer.group_size=1: must be >= 2"))) is None
+    with pytest.raises(SystemExit) as exit_:
+        cb.on_multirun_end(hydra_config(tmp_path, 0))
+    assert exit_.value.code == 1
+
+    tb = tmp_path / "2" / "traceback.txt"
+    assert read_csv(tmp_path / "multirun_summary.csv") == [
+        HEADER,
+        ["0", "seed=0", "ok", "0.25", "0.5", "0.5", "1.0", str(tmp_path / "0"), ""],
+        ["1", "trainer.group_size=1", "failed", "", "", "", "", str(tmp_path / "1"),
+         "config error: trainer.group_size=1: must be >= 2"],
+        ["2", "seed=1", "failed", "", "", "", "", str(tmp_path / "2"),
+         f"RuntimeError: CUDA out of memory (traceback: {tb})"],
+    ]
+    assert "raise_(RuntimeError(" in tb.read_text()
+    assert not (tmp_path / "1" / "traceback.txt").exists()  # a config error is its one line
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"rltool: job 2 failed: RuntimeError: CUDA out of memory (traceback: {tb})",
+        "rltool: job 1 failed: config error: trainer.group_size=1: must be >= 2",
+        "rltool: 2 of 3 jobs failed (job 1, 2): exit code 1",
+    ]
+    table = [line for line in out.splitlines() if line.startswith("│")]
+    assert [line.split("│")[3].strip() for line in table] == ["ok", "failed", "failed"]
+    assert "0.250" in table[0] and "1.000" in table[0]
+
+
+def test_all_ok_exits_normally_and_tables_an_extra_sweep_metric(tmp_path, capsys):
+    cb = sweep.SweepSummary()
+    metric = "eval/pass@4"
+    assert run_one(cb, tmp_path, 0, ["algo=grpo", "seed=0"], lambda: METRICS | {metric: 0.75}, metric) == 0.75
+    assert run_one(cb, tmp_path, 1, ["algo=dr_grpo", "seed=0"], lambda: METRICS, metric) is None  # no such metric
+    cb.on_multirun_end(hydra_config(tmp_path, 0, sweep_metric=metric))
+
+    rows = read_csv(tmp_path / "multirun_summary.csv")
+    assert rows[0] == HEADER[:7] + [metric] + HEADER[7:]
+    assert [r[:3] + r[7:8] for r in rows[1:]] == [["0", "algo=grpo seed=0", "ok", "0.75"],
+                                                   ["1", "algo=dr_grpo seed=0", "ok", ""]]
+    out, err = capsys.readouterr()
+    assert err == (f"rltool: job 1: sweep_metric='{metric}' is not a final metric; available: "
+                   + ", ".join(METRICS) + "\n")
+    assert "every job: seed=0\n" in out  # shared overrides are printed once
+    assert [line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│")] == ["algo=grpo",
+                                                                                             "algo=dr_grpo"]
+
+
+def test_validate_jobs_return_nothing_and_eval_disabled_is_reported(tmp_path, capsys):
+    cb = sweep.SweepSummary()
+    assert run_one(cb, tmp_path, 0, [], lambda: None) is None
+    assert capsys.readouterr().err == ""
+    assert run_one(cb, tmp_path, 1, [], lambda: {}) is None
+    assert "available: none (eval.enabled=false)" in capsys.readouterr().err
+
+
+def test_single_run_writes_no_row(tmp_path):
+    sweep.SweepSummary().on_job_end(hydra_config(tmp_path, 0, mode=RunMode.RUN),
+                                    JobReturn(overrides=[], status=JobStatus.COMPLETED, _return_value=None))
+    assert not (tmp_path / "0").exists()
