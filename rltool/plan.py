@@ -1,7 +1,14 @@
-"""The batch plan printed before any work starts: derived sizes computed once, in one place."""
+"""The plan printed before any work starts: derived sizes computed once, in one place, and a
+memory estimate per device that refuses a config which cannot fit before any model loads."""
 from __future__ import annotations
 
-from rltool.config import Config
+import os
+from dataclasses import dataclass
+
+from rltool.config import Config, ConfigError
+
+GIB = 1024**3
+LORA_LINEARS = 7  # q, k, v, o, gate, up, down: `all-linear` on a Llama-style block
 
 
 def batch_plan(cfg: Config, hw) -> str:
@@ -19,3 +26,110 @@ def batch_plan(cfg: Config, hw) -> str:
         f"  {t.max_steps} steps, eval every {t.eval_every or 'end'}, checkpoint every {t.save_every or 'never'}",
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs from a HF config.json (Llama-style decoder)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def of(cls, path: str) -> "Shape":
+        """A local model directory or a hub id (only its config.json is fetched)."""
+        from transformers import AutoConfig
+
+        return cls.from_dict(AutoConfig.from_pretrained(path).to_dict())
+
+    @classmethod
+    def from_dict(cls, c: dict) -> "Shape":
+        c = c.get("text_config") or c
+        heads = c["num_attention_heads"]
+        return cls(hidden=c["hidden_size"], intermediate=c["intermediate_size"], layers=c["num_hidden_layers"],
+                   heads=heads, kv_heads=c.get("num_key_value_heads") or heads,
+                   head_dim=c.get("head_dim") or c["hidden_size"] // heads, vocab=c["vocab_size"],
+                   tied=bool(c.get("tie_word_embeddings", False)))
+
+    def params(self) -> int:
+        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        block = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate + 2 * h
+        return self.layers * block + self.vocab * h * (1 if self.tied else 2) + h
+
+    def lora_params(self, r: int) -> int:
+        """r (in + out) per adapted linear, all-linear; an upper bound for narrower target_modules."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return self.layers * r * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h))
+
+
+FIXED_PART_KEYS = {  # what to change when that part does not fit
+    "weights": "actors.path (a smaller model), actors.qlora=true or hardware.zero_stage=3 with more processes",
+    "grads": "actors.lora.r=16 or hardware.zero_stage=3 with more processes",
+    "optimizer": "actors.lora.r=16 or hardware.zero_stage=3 with more processes",
+    "reference": "algo.kl_coef=0 or actors.lora.r=16 (the reference is then the adapter switched off)",
+    "engine": "hardware.vllm_kv_cache_gib (CPU) / hardware.vllm_gpu_memory_utilization (GPU)",
+}
+
+
+def memory_plan(cfg: Config, hw, shape: Shape, device_bytes: int) -> tuple[str, dict[str, float]]:
+    """Per-device estimate in GiB: weights, grads, optimizer, activations (worst case: max lengths),
+    logits, reference model, rollout engine. ZeRO-3 shards weights/grads/optimizer over processes.
+
+    Raises ConfigError when the parts that do not depend on sequence length (weights, grads,
+    optimizer, reference, engine) already exceed the device; worst-case activations only warn, since
+    real prompts and completions are usually far shorter than the limits.
+    """
+    b = 2 if hw.dtype == "bfloat16" else 4
+    shard = hw.num_processes if cfg.hardware.zero_stage == 3 else 1
+    P = shape.params()
+    lora_r = cfg.actors.lora.r
+    trainable = shape.lora_params(lora_r) if lora_r else P
+    weight_bytes = 0.5 if cfg.actors.qlora else b  # NF4: 4 bits a weight
+    tokens = cfg.trainer.micro_batch_size * (cfg.rollout.max_prompt_len + cfg.rollout.max_new_tokens)
+    per_token_layer = (2 * shape.hidden if cfg.actors.gradient_checkpointing
+                       else 10 * shape.hidden + 4 * shape.intermediate) * b  # inputs kept for backward
+    parts = {
+        "weights": P * weight_bytes / shard,
+        "grads": trainable * b / shard,
+        "optimizer": trainable * (8 + (4 if b == 2 else 0)) / shard,  # Adam m, v in fp32 (+ fp32 master for bf16)
+        "activations": tokens * shape.layers * per_token_layer,
+        "logits": cfg.trainer.micro_batch_size * cfg.rollout.max_new_tokens * shape.vocab * 4 * 3,  # fp32 logits, softmax, grad
+        "reference": P * b / shard if cfg.algo.kl_coef > 0 and not lora_r else 0,  # LoRA: adapter off, no copy
+        "engine": (cfg.hardware.vllm_kv_cache_gib * GIB + P * b if hw.device == "cpu"  # KV space + vLLM's weights
+                   else cfg.hardware.vllm_gpu_memory_utilization * device_bytes) if cfg.rollout.engine == "vllm" else 0,
+    }
+    gib = {k: v / GIB for k, v in parts.items()}
+    fixed = sum(v for k, v in gib.items() if k not in ("activations", "logits"))
+    total = sum(gib.values())
+    if cfg.hardware.sleep_mode and hw.device == "cuda":  # vLLM sleeps while the trainer runs: peaks don't add
+        total = max(total - gib["engine"], fixed)
+    available = device_bytes / GIB
+    where = f"{'GPU' if hw.device == 'cuda' else 'CPU RAM'} {available:.1f} GiB"
+    ranks = hw.num_processes if hw.device == "cpu" else 1  # CPU ranks of this machine share its RAM
+    fixed, total = fixed * ranks, total * ranks
+    line = (f"  memory per {'GPU' if hw.device == 'cuda' else 'rank'} (GiB, worst case): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in gib.items() if v)
+            + f"; total {total:.1f}{f' for {ranks} ranks' if ranks > 1 else ''} of {where}")
+    if fixed > available:
+        biggest = max(FIXED_PART_KEYS, key=lambda k: gib[k])
+        raise ConfigError(f"{FIXED_PART_KEYS[biggest]}: {biggest} needs {gib[biggest] * ranks:.1f} GiB of the ~{fixed:.1f} GiB "
+                          f"(weights, gradients, optimizer, reference, engine) that cannot fit in {where}")
+    if total > available:
+        line += ("\n  warning: worst-case activations may not fit; lower trainer.micro_batch_size or "
+                 "rollout.max_new_tokens, or set actors.gradient_checkpointing=true")
+    return line, gib
+
+
+def device_memory(device: str) -> int:
+    """Bytes of memory on one accelerator (cuda) or on this machine (cpu)."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

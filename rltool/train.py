@@ -28,7 +28,7 @@ from rltool.envs import make_env
 from rltool.evaluate import evaluate
 from rltool.hardware import resolve_hardware
 from rltool.metrics import MetricsLog, PhaseTimer, Progress
-from rltool.plan import batch_plan
+from rltool.plan import Shape, batch_plan, device_memory, memory_plan
 from rltool.plot import plot_run
 from rltool.rewards.score import Scorer
 from rltool.rollout import make_engine, sync_weights
@@ -47,9 +47,9 @@ def train(cfg: Config) -> dict[str, float]:
         warn_config_drift(cfg, resume_from)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    print(batch_plan(cfg, hw))
-
     base_dir = resolve_model_path(cfg.actors.path)
+    print(batch_plan(cfg, hw))
+    print(memory_plan(cfg, hw, Shape.of(base_dir), device_memory(hw.device))[0])  # refuses what cannot fit
     model_dir = str(ckpt.model_dir(resume_from)) if resume_from else base_dir  # resume: weights from the checkpoint
     # LoRA resume: base from actors.path + the checkpoint's adapter; vLLM starts from model_dir (merged)
     model = load_policy(cfg.actors, hw.dtype, base_dir=base_dir, resume_from=resume_from, device=hw.device)
@@ -63,7 +63,8 @@ def train(cfg: Config) -> dict[str, float]:
     rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, engine, tokenizer, env, scorer, sampler.draw))
 
     params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter only
-    optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    # fused: one kernel for the whole update (CPU and CUDA), as TRL's default adamw_torch_fused
+    optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start, history = 0, []
     if resume_from:

@@ -16,6 +16,7 @@ CASES = [
     (["rollout.engine=sglang"], "rollout.engine='sglang': must be one of vllm, hf"),
     (["actors.qlora=true", "hardware=cpu"], "actors.qlora=True: QLoRA needs a CUDA GPU"),
     (["actors.qlora=true", "actors.lora.r=16"], "actors.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none"),
+    (["hardware.vllm_kv_cache_gib=64"], "hardware.vllm_kv_cache_gib (CPU) / hardware.vllm_gpu_memory_utilization (GPU): engine needs 64.5 GiB"),
     (["algo.mismatch_cap=1"], "algo.mismatch_cap=1.0: must be > 1"),
     (["algo.mismatch_level=seq"], "algo.mismatch_level='seq': must be one of none, token, sequence"),
     (["algo=erl", "algo.erl.retry_template='{prompt} {attempt}'"], "algo.erl.retry_template"),

@@ -1,0 +1,92 @@
+"""Memory estimate: parameter counts from a config, per-part sizes, and the refusal of what cannot fit."""
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from rltool.config import ActorConfig, AlgoConfig, ConfigError, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig
+from rltool.plan import GIB, Shape, memory_plan
+
+SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+           "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "tie_word_embeddings": True}
+TINY = {"hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "vocab_size": 10}
+
+
+def test_smollm2_has_134_5m_params():
+    # per block: q 576*576 + k,v 2*576*192 + o 576*576 + mlp 3*576*1536 + norms 2*576 = 3,540,096
+    # x 30 blocks + tied embedding 49152*576 + final norm 576 = 134,515,008
+    assert Shape.from_dict(SMOLLM2).params() == 134_515_008
+
+
+def test_embedded_model_matches_its_real_parameter_count():
+    from rltool.actors.embedded import materialize
+    from safetensors import safe_open
+
+    path = materialize()
+    shape = Shape.from_dict(json.loads((path / "config.json").read_text()))
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        real = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert shape.params() == real  # the file holds the tied embedding once
+
+
+def test_tiny_counts_by_hand():
+    # head_dim 2, q 4, kv 2: block = 4*4 + 2*4*2 + 4*4 + 3*4*8 + 2*4 = 16 + 16 + 16 + 96 + 8 = 152
+    # 2 blocks 304 + untied embeddings 2*10*4 = 80 + final norm 4 -> 388
+    s = Shape.from_dict(TINY)
+    assert s.params() == 388
+    # LoRA r=1 per block: (4+4) + 2*(4+2) + (4+4) + 2*(4+8) + (8+4) = 8 + 12 + 8 + 24 + 12 = 64; 2 blocks -> 128
+    assert s.lora_params(1) == 128
+
+
+def cfg(**over):
+    c = SimpleNamespace(trainer=TrainerConfig(micro_batch_size=2), rollout=RolloutConfig(max_new_tokens=4, max_prompt_len=4),
+                        actors=ActorConfig(path="m"), algo=AlgoConfig(name="t"),
+                        hardware=HardwareConfig(name="cpu", vllm_kv_cache_gib=1))
+    for k, v in over.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_parts_by_hand_fp32_cpu():
+    hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
+    _, gib = memory_plan(cfg(), hw, Shape.from_dict(TINY), 64 * GIB)
+    to_bytes = {k: round(v * GIB) for k, v in gib.items()}
+    # weights 388*4, grads 388*4, Adam 388*8; activations: 2*(4+4) tokens * 2 layers * (10*4 + 4*8)*4 bytes = 9216
+    # logits 2*4*10*4*3 = 960; engine 1 GiB + 388*4
+    assert to_bytes == {"weights": 1552, "grads": 1552, "optimizer": 3104, "activations": 9216, "logits": 960,
+                        "reference": 0, "engine": GIB + 1552}
+
+
+def test_lora_trains_the_adapter_only_and_needs_no_reference_copy():
+    hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
+    c = cfg(actors=ActorConfig(path="m", lora=LoraConfig(r=1)), algo=AlgoConfig(name="t", kl_coef=0.1))
+    _, gib = memory_plan(c, hw, Shape.from_dict(TINY), 64 * GIB)
+    assert round(gib["grads"] * GIB) == 128 * 4 and round(gib["optimizer"] * GIB) == 128 * 8 and gib["reference"] == 0
+
+
+def test_zero3_shards_weights_grads_and_optimizer():
+    hw = SimpleNamespace(dtype="bfloat16", num_processes=8, device="cuda")
+    c = cfg(hardware=HardwareConfig(name="gpu8", zero_stage=3, num_processes=8, vllm_gpu_memory_utilization=0.5))
+    _, gib = memory_plan(c, hw, Shape.from_dict(TINY), 80 * GIB)
+    # bf16: weights 388*2/8 = 97, grads 97, optimizer 388*(8+4)/8 = 582; engine 0.5 * 80 GiB
+    assert [round(gib[k] * GIB) for k in ("weights", "grads", "optimizer")] == [97, 97, 582]
+    assert gib["engine"] == 40
+
+
+def test_refuses_what_cannot_fit_naming_the_keys():
+    hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
+    with pytest.raises(ConfigError, match=r"^hardware.vllm_kv_cache_gib .*: engine needs 1.5 GiB of the ~3.5 GiB"):
+        # 135M fp32: weights 0.5, grads 0.5, Adam 1.0, engine 1 GiB KV + 0.5 weights: the engine is the biggest part
+        memory_plan(cfg(), hw, Shape.from_dict(SMOLLM2), 2 * GIB)
+    c = cfg(hardware=HardwareConfig(name="cpu", vllm_kv_cache_gib=0))
+    with pytest.raises(ConfigError, match=r"^actors.lora.r=16 or hardware.zero_stage=3 .*: optimizer needs 1.0 GiB of the ~2.5"):
+        memory_plan(c, hw, Shape.from_dict(SMOLLM2), 2 * GIB)
+
+
+def test_activations_only_warn():
+    hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
+    c = cfg(trainer=TrainerConfig(micro_batch_size=64), rollout=RolloutConfig(max_new_tokens=4096, max_prompt_len=4096))
+    line, _ = memory_plan(c, hw, Shape.from_dict(SMOLLM2), 24 * GIB)
+    assert "warning: worst-case activations may not fit" in line
