@@ -189,12 +189,6 @@ def test_lora_config_errors(kw, key):
         LoraConfig(r=8, **kw)
 
 
-def test_qlora_needs_a_rank():
-    with pytest.raises(ConfigError, match=r"^actors.lora.r=0: must be > 0 with actors.qlora=true"):
-        ActorConfig(path="x", qlora=True)
-    ActorConfig(path="x", qlora=True, lora=LoraConfig(r=16))
-
-
 def test_loop_phases_with_kl_update_only_the_adapter():
     """compute_logprobs (adapter-off reference) + optimize, as train() runs them with LoRA and KL on."""
     model = lora_model()
