@@ -125,6 +125,7 @@ class AlgoConfig:
     mismatch_mode: str = "truncate"
     """truncate: min(w, cap) (TIS) | mask: zero the tokens/sequences with w outside [1/cap, cap]."""
     mismatch_cap: float = 2.0
+    """The bound C of truncate / mask (Yao et al. 2025 use 2)."""
     erl: ErlConfig = field(default_factory=ErlConfig)
 
     def __post_init__(self) -> None:
