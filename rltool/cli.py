@@ -61,8 +61,14 @@ def check_registries(config: Config) -> None:
 
 
 def check_device(config: Config) -> None:
-    """hardware=auto resolves to cpu on a machine without a GPU: what needs CUDA is refused here too."""
+    """hardware=auto resolves to cpu on a machine without a GPU: what needs CUDA is refused here too.
+    Multi-process training (accelerate + DeepSpeed) is not built yet: refused rather than silently run on one process."""
     import torch
+
+    h = config.hardware
+    if h.num_processes > 1 or h.zero_stage == 3:
+        key, value = ("hardware.num_processes", h.num_processes) if h.num_processes > 1 else ("hardware.zero_stage", 3)
+        raise ConfigError(f"{key}={value}: multi-process / ZeRO-3 training is not built yet; use one process, zero_stage=0")
 
     if config.actors.qlora and config.hardware.device == "auto" and not torch.cuda.is_available():
         raise ConfigError("actors.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none is visible; "

@@ -69,9 +69,9 @@ class Shape:
 
 
 FIXED_PART_KEYS = {  # what to change when that part does not fit
-    "weights": "actors.path (a smaller model), actors.qlora=true or hardware.zero_stage=3 with more processes",
-    "grads": "actors.lora.r=16 or hardware.zero_stage=3 with more processes",
-    "optimizer": "actors.lora.r=16 or hardware.zero_stage=3 with more processes",
+    "weights": "actors.path (a smaller model) or actors.qlora=true",
+    "grads": "actors.lora.r=16",
+    "optimizer": "actors.lora.r=16",
     "reference": "algo.kl_coef=0 or actors.lora.r=16 (the reference is then the adapter switched off)",
     "engine": "hardware.vllm_kv_cache_gib (CPU) / hardware.vllm_gpu_memory_utilization (GPU)",
 }

@@ -18,6 +18,7 @@ CASES = [
     (["actors.qlora=true", "actors.lora.r=16"], "actors.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none"),
     (["hardware.vllm_kv_cache_gib=64"], "hardware.vllm_kv_cache_gib (CPU) / hardware.vllm_gpu_memory_utilization (GPU): engine needs 64.5 GiB"),
     (["actors.qlora=true", "hardware=gpu1"], "actors.lora.r=0: must be > 0 with actors.qlora=true"),
+    (["hardware.zero_stage=3"], "hardware.zero_stage=3: multi-process / ZeRO-3 training is not built yet"),
     (["algo.mismatch_cap=1"], "algo.mismatch_cap=1.0: must be > 1"),
     (["algo.mismatch_level=seq"], "algo.mismatch_level='seq': must be one of none, token, sequence"),
     (["algo=erl", "algo.erl.retry_template='{prompt} {attempt}'"], "algo.erl.retry_template"),
