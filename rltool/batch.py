@@ -26,18 +26,21 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def _map(self, fn) -> "Batch":
+        """A new Batch with fn(name, tensor) applied to every tensor field (None and ints stay)."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: fn(k, v) if isinstance(v, Tensor) else v for k, v in kw.items()})
+
     def select(self, index: Tensor | slice) -> "Batch":
         """Rows `index` of every per-sample tensor (prompt_width stays: columns are shared)."""
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: v[index] if isinstance(v, Tensor) else v for k, v in kw.items()})
+        return self._map(lambda _, v: v[index])
 
     def split(self, size: int) -> list["Batch"]:
         return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
 
     def to(self, device) -> "Batch":
         """The micro-batch on the trainer's device; the step's Batch itself stays on the host."""
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in kw.items()})
+        return self._map(lambda _, v: v.to(device))
 
     def trimmed(self) -> "Batch":
         """The same rows without all-padding columns (left of the longest prompt, right of the longest
@@ -45,11 +48,14 @@ class Batch:
         P = self.prompt_width
         left = int((P - self.attention_mask[:, :P].sum(-1)).min())  # padding shared by every prompt
         T = max(int(self.mask.sum(-1).max()), 1)  # the longest completion
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in kw.items():
-            if isinstance(v, Tensor) and v.dim() == 2:
-                kw[k] = v[:, left:P + T] if k in ("input_ids", "attention_mask") else v[:, :T]
-        return Batch(**(kw | {"prompt_width": P - left}))
+        def trim(name: str, v: Tensor) -> Tensor:
+            if v.dim() == 1:
+                return v
+            return v[:, left:P + T] if name in ("input_ids", "attention_mask") else v[:, :T]
+
+        trimmed = self._map(trim)
+        trimmed.prompt_width = P - left
+        return trimmed
 
     @property
     def rl_mask(self) -> Tensor:

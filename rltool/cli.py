@@ -70,7 +70,9 @@ def check_device(config: Config) -> None:
         key, value = ("hardware.num_processes", h.num_processes) if h.num_processes > 1 else ("hardware.zero_stage", 3)
         raise ConfigError(f"{key}={value}: multi-process / ZeRO-3 training is not built yet; use one process, zero_stage=0")
 
-    if config.actors.qlora and config.hardware.device == "auto" and not torch.cuda.is_available():
+    if h.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"hardware={h.name}: asks for device=cuda but no GPU is visible; use hardware=cpu or hardware=auto")
+    if config.actors.qlora and h.device == "auto" and not torch.cuda.is_available():
         raise ConfigError("actors.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none is visible; "
                           "use actors.lora.r=16 on CPU")
 

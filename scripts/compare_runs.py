@@ -33,6 +33,9 @@ def main() -> None:
     p.add_argument("--metric", default="eval/accuracy_flexible")
     p.add_argument("--out", default="bench_results/compare")
     args = p.parse_args()
+    for run in args.runs:
+        if not (run / "metrics.jsonl").is_file():
+            p.error(f"{run}: no metrics.jsonl (expected a run directory, e.g. outputs/<run>)")
 
     curves = {str(r): eval_curve(r) for r in args.runs}
     out = Path(args.out)

@@ -1,5 +1,6 @@
 """Bad input: one line naming the key and what is allowed, exit code 2, before any model loads."""
 import pytest
+import torch
 
 from tests.integration.helpers import rltool
 
@@ -23,6 +24,10 @@ CASES = [
     (["algo.mismatch_level=seq"], "algo.mismatch_level='seq': must be one of none, token, sequence"),
     (["algo=erl", "algo.erl.retry_template='{prompt} {attempt}'"], "algo.erl.retry_template"),
 ]
+
+
+if not torch.cuda.is_available():  # the refusal is what is tested; on a GPU box the config is fine
+    CASES.append((["hardware=gpu1"], "hardware=gpu1: asks for device=cuda but no GPU is visible"))
 
 
 @pytest.mark.parametrize("overrides,message", CASES)
