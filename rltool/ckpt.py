@@ -29,12 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rltool import dist, parallel
 from rltool.actors.lora import is_peft, save_merged
+from rltool.actors.save import save_plain
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STEP_PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
+ZERO, ZERO_TAG = "zero", "state"  # ZeRO-3 runs: DeepSpeed's sharded checkpoint in step_N/zero/state/
 EXPECTED = "expected a run directory with checkpoints/ or a checkpoints/step_N directory"
 
 
@@ -62,43 +65,59 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
     algorithm state and metrics history. Returns the checkpoint directory.
     """
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(root)
     name = step_name(step)
-    # No cleanup on failure: an exception and a SIGKILL leave the same `.tmp-*` debris, and the
-    # next save removes both the same way.
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{TMP_PREFIX}{name}-"))
+    main, sharded = dist.rank() == 0, parallel.is_deepspeed(model)
+    tmp = None
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(root)
+        # No cleanup on failure: an exception and a SIGKILL leave the same `.tmp-*` debris, and the
+        # next save removes both the same way.
+        tmp = tempfile.mkdtemp(dir=root, prefix=f"{TMP_PREFIX}{name}-")
+    tmp = Path(dist.broadcast(tmp))  # ZeRO-3: every rank writes its shard here (one filesystem for all machines)
     _save_model(tmp / "model", model, tokenizer)
-    if is_peft(model):
-        model.save_pretrained(tmp / "adapter")  # adapter_config.json + adapter_model.safetensors
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(trainer_state, tmp / "trainer_state.pt")
-    (tmp / "config.yaml").write_text(config_yaml)
-
+    if sharded:  # DeepSpeed's own checkpoint: each rank's shard of the parameters and Adam state
+        model.save_checkpoint(str(tmp / ZERO), tag=ZERO_TAG)
+    elif main:
+        if is_peft(model):
+            model.save_pretrained(tmp / "adapter")  # adapter_config.json + adapter_model.safetensors
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     final = root / name
-    if final.exists():  # same step saved twice (resumed from an older checkpoint into this run)
-        _replace_dir(tmp, final)
+    if main:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        dist.barrier()  # every shard is written before the directory is renamed into place
+        if final.exists():  # same step saved twice (resumed from an older checkpoint into this run)
+            _replace_dir(tmp, final)
+        else:
+            os.rename(tmp, final)  # atomic on POSIX: the directory appears complete or not at all
+        _write_atomic(root / LATEST, name)
+        _prune(root, keep=keep_last, current=name)
     else:
-        os.rename(tmp, final)  # atomic on POSIX: the directory appears complete or not at all
-    _write_atomic(root / LATEST, name)
-    _prune(root, keep=keep_last, current=name)
+        dist.barrier()
+    dist.barrier()  # no rank reads or writes checkpoints/ before the rename is done
     return final
 
 
 def save_final(run_dir: Path, model, tokenizer) -> Path:
-    """Write `run_dir/final/` (model + tokenizer only) atomically, replacing an older one."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(f"{TMP_PREFIX}final-*"):
-        shutil.rmtree(stale)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f"{TMP_PREFIX}final-"))
+    """Write `run_dir/final/` (model + tokenizer only) atomically, replacing an older one.
+    Collective under ZeRO-3 (the weights are gathered block by block); rank 0 writes."""
+    run_dir, main, tmp = Path(run_dir), dist.rank() == 0, None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(f"{TMP_PREFIX}final-*"):
+            shutil.rmtree(stale)
+        tmp = tempfile.mkdtemp(dir=run_dir, prefix=f"{TMP_PREFIX}final-")
+    tmp = Path(dist.broadcast(tmp))
     _save_model(tmp, model, tokenizer)
     final = run_dir / "final"
-    if final.exists():
-        _replace_dir(tmp, final)
-    else:
-        os.rename(tmp, final)
+    if main:
+        if final.exists():
+            _replace_dir(tmp, final)
+        else:
+            os.rename(tmp, final)
+    dist.barrier()
     return final
 
 
@@ -132,8 +151,19 @@ def load_trainer_state(ckpt: Path) -> dict:
     return torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
 
 
-def load_optimizer(ckpt: Path, optimizer) -> None:
-    """Restore optimizer state in place. `load_state_dict` moves tensors to each param's device."""
+def load_optimizer(ckpt: Path, optimizer, model=None) -> None:
+    """Restore optimizer state in place. `load_state_dict` moves tensors to each param's device.
+    Under ZeRO-3, DeepSpeed restores each rank's shard of the parameters and of Adam's state."""
+    if parallel.is_deepspeed(model):
+        if not (Path(ckpt) / ZERO).is_dir():
+            raise FileNotFoundError(f"resume={ckpt}: no {ZERO}/ (DeepSpeed state); it was saved by a single-process "
+                                    "run, which resumes with hardware.zero_stage=0")
+        model.load_checkpoint(str(Path(ckpt) / ZERO), tag=ZERO_TAG, load_optimizer_states=True,
+                              load_lr_scheduler_states=False)
+        return
+    if not (Path(ckpt) / "optimizer.pt").is_file():
+        raise FileNotFoundError(f"resume={ckpt}: no optimizer.pt; it was saved under ZeRO-3, which resumes with "
+                                "the same hardware profile")
     optimizer.load_state_dict(torch.load(Path(ckpt) / "optimizer.pt", map_location="cpu", weights_only=True))
 
 
@@ -167,6 +197,12 @@ def set_rng_state(d: dict) -> None:
 def _save_model(path: Path, model, tokenizer) -> None:
     # Safetensors is the default in transformers>=4.35 and the only format in 5.x (which dropped
     # the `safe_serialization` flag). A PEFT model is saved merged: a plain HF directory.
+    if parallel.is_deepspeed(model):  # ZeRO-3: gathered block by block (collective), rank 0 writes
+        state, inner = parallel.full_state_dict(model), parallel.unwrap(model)
+        if state is not None:
+            save_plain(inner.get_base_model() if is_peft(inner) else inner, state, path)
+            tokenizer.save_pretrained(path)
+        return
     if is_peft(model):
         save_merged(model, path)
     else:

@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rltool import launch
 from rltool.config import Config, ConfigError, register_configs
 from rltool.sweep import run_job
 
@@ -61,15 +62,12 @@ def check_registries(config: Config) -> None:
 
 
 def check_device(config: Config) -> None:
-    """hardware=auto resolves to cpu on a machine without a GPU: what needs CUDA is refused here too.
-    Multi-process training (accelerate + DeepSpeed) is not built yet: refused rather than silently run on one process."""
+    """hardware=auto resolves to cpu on a machine without a GPU: what needs CUDA is refused here too."""
     import torch
 
     h = config.hardware
-    if h.num_processes > 1 or h.zero_stage == 3:
-        key, value = ("hardware.num_processes", h.num_processes) if h.num_processes > 1 else ("hardware.zero_stage", 3)
-        raise ConfigError(f"{key}={value}: multi-process / ZeRO-3 training is not built yet; use one process, zero_stage=0")
-
+    if h.zero_stage == 3 and config.rollout.engine == "hf":
+        raise ConfigError("rollout.engine=hf: HF generate does not run on ZeRO-3 sharded weights; use rollout.engine=vllm")
     if h.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"hardware={h.name}: asks for device=cuda but no GPU is visible; use hardware=cpu or hardware=auto")
     if config.actors.qlora and h.device == "auto" and not torch.cuda.is_available():
@@ -109,12 +107,31 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
     # vLLM cuts torch to 1 thread "for serving" unless OMP_NUM_THREADS is set; the trainer shares the process.
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     if command == "train":
+        if launch.needs_launch(config.hardware):  # hardware=cpu_zero3|gpu8|multinode: accelerate starts the ranks
+            return run_launched(config)
         from rltool.train import train
 
         return train(config)
     from rltool.evaluate import evaluate_main
 
     return evaluate_main(config)
+
+
+def run_launched(config: Config) -> dict[str, float]:
+    """This command again under `accelerate launch`, writing into this run's directory; returns the
+    final eval metrics the ranks logged (a multirun tables them)."""
+    from rltool.metrics import read_metrics
+
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "output_dir="))]
+    rc = launch.run(config.hardware, ["train", *overrides, f"hydra.run.dir={config.output_dir}"])
+    if rc and hc.mode != RunMode.MULTIRUN:  # the ranks printed what went wrong
+        sys.exit(rc)
+    if rc:
+        raise RuntimeError(f"accelerate launch exited with code {rc}")
+    metrics = Path(config.output_dir) / "metrics.jsonl"
+    rows = [r for r in read_metrics(metrics) if any(k.startswith("eval/") for k in r)] if metrics.is_file() else []
+    return {k: v for k, v in rows[-1].items() if k.startswith("eval/")} if rows else {}
 
 
 def main() -> None:
@@ -134,7 +151,8 @@ def main() -> None:
         try:
             run(command, cfg)
         except ConfigError as e:
-            print(f"rltool: config error: {e}", file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":  # launched ranks all find it; one says it
+                print(f"rltool: config error: {e}", file=sys.stderr)
             sys.exit(2)
         return None
 

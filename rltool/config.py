@@ -239,8 +239,23 @@ class HardwareConfig:
     dtype: str = "auto"
     """auto (bfloat16 on cuda, float32 on cpu: bf16 is 4x slower without AVX-512) | float32 | bfloat16."""
     num_processes: int = 1
+    """Training ranks in all (accelerate's --num_processes): > 1 runs DeepSpeed ZeRO-3, each rank with
+    its own vLLM engine. `rltool train` re-launches itself under `accelerate launch` when it is > 1."""
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str = "127.0.0.1"
+    main_process_port: int = 29500
     zero_stage: int = 0
-    """0: plain data parallel; 3: DeepSpeed ZeRO-3 (launch through accelerate)."""
+    """0: one process, plain PyTorch; 3: DeepSpeed ZeRO-3 through accelerate (needs num_processes > 1)."""
+    offload_optimizer: bool = False
+    """ZeRO-3: keep Adam's state in CPU memory (DeepSpeed offload_optimizer); frees GPU memory for long batches."""
+    offload_param: bool = False
+    """ZeRO-3: keep parameter shards in CPU memory between uses (DeepSpeed offload_param)."""
+    offload_between_phases: bool = False
+    """GPU + ZeRO-3: move the trainer's parameter and optimizer shards to CPU while vLLM generates and
+    back for the update (DeepSpeed offload_states / reload_states)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (also actors.gradient_checkpointing)."""
     vllm_gpu_memory_utilization: float = 0.3
     vllm_kv_cache_gib: int = 2
     """CPU only: vLLM's KV cache size (VLLM_CPU_KVCACHE_SPACE); the default otherwise takes ~20 GiB."""
@@ -248,13 +263,23 @@ class HardwareConfig:
     sleep_mode: bool = False
     """GPU: put vLLM to sleep while the trainer runs."""
     threads: int = 0
-    """torch intra-op threads on CPU (0 = torch's default)."""
+    """torch intra-op threads on CPU (0 = torch's default; under several ranks: cores / ranks per machine)."""
 
     def __post_init__(self) -> None:
         check_choice("hardware.device", self.device, ["auto", "cpu", "cuda"])
         check_choice("hardware.dtype", self.dtype, ["auto", "float32", "bfloat16"])
         check(self.num_processes >= 1, "hardware.num_processes", self.num_processes, "must be >= 1")
         check_choice("hardware.zero_stage", self.zero_stage, [0, 3])
+        check(self.num_processes == 1 or self.zero_stage == 3, "hardware.num_processes", self.num_processes,
+              "more than one process trains with DeepSpeed ZeRO-3: also set hardware.zero_stage=3 "
+              "(or use hardware=cpu_zero3 / gpu8 / multinode)")
+        check(self.num_machines >= 1 and self.num_processes % self.num_machines == 0, "hardware.num_machines",
+              self.num_machines, f"must be >= 1 and divide hardware.num_processes={self.num_processes}")
+        check(0 <= self.machine_rank < self.num_machines, "hardware.machine_rank", self.machine_rank,
+              f"must be in [0, hardware.num_machines={self.num_machines})")
+        for key in ("offload_optimizer", "offload_param", "offload_between_phases"):
+            check(not getattr(self, key) or self.zero_stage == 3, f"hardware.{key}", True,
+                  "is a DeepSpeed ZeRO-3 option: also set hardware.zero_stage=3")
         check(0 < self.vllm_gpu_memory_utilization <= 1, "hardware.vllm_gpu_memory_utilization",
               self.vllm_gpu_memory_utilization, "must be in (0, 1]")
 

@@ -43,3 +43,52 @@ def sum_over_ranks(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t)
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of one integer over ranks (how many forward passes ZeRO-3 ranks all run)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+def broadcast(obj):
+    """Rank 0's value of a picklable object on every rank (the run directory, a timestamp)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def local_main_first(fn):
+    """fn() on each machine's first rank, then on the others (e.g. filling a per-machine cache)."""
+    import os
+
+    if world_size() == 1:
+        return fn()
+    first = os.environ.get("LOCAL_RANK", "0") == "0"
+    result = fn() if first else None
+    dist.barrier()
+    return result if first else fn()
+
+
+def combine_metrics(metrics: dict[str, float], summed: tuple[str, ...] = ()) -> dict[str, float]:
+    """One step's metrics over every rank: keys in `summed` added up, the rest averaged over the
+    ranks that logged them (a rank whose micro-batches were all padding logs no loss parts)."""
+    if world_size() == 1:
+        return metrics
+    every = [None] * world_size()
+    dist.all_gather_object(every, metrics)
+    out = {}
+    for key in dict.fromkeys(k for m in every for k in m):
+        values = [m[key] for m in every if key in m]
+        out[key] = sum(values) if key in summed else sum(values) / len(values)
+    return out
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()

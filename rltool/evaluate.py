@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rltool import dist
 from rltool.config import Config
 from rltool.rewards.registry import REWARDS, call_reward
 from rltool.rollout.engine import Sampling
@@ -15,7 +16,9 @@ ACCURACY = {"accuracy_strict": "gsm8k_strict", "accuracy_flexible": "gsm8k_flexi
 
 
 def evaluate(engine, tokenizer, env, cfg: Config) -> tuple[dict[str, float], list[dict]]:
-    examples = env.eval_examples()[: cfg.eval.size or None]
+    """Metrics over every held-out problem; each rank generates for its share (rows: this rank's)."""
+    held_out = env.eval_examples()[: cfg.eval.size or None]
+    examples = held_out[dist.rank()::dist.world_size()]
     prompts = [encode_chat(tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
     greedy = engine.generate(prompts, Sampling(greedy=True, max_new_tokens=cfg.eval.max_new_tokens))
     totals = dict.fromkeys(ACCURACY, 0.0)
@@ -28,21 +31,21 @@ def evaluate(engine, tokenizer, env, cfg: Config) -> tuple[dict[str, float], lis
             totals[key] += row[key]
         length += len(c.token_ids)
         rows.append(row)
-    n = len(examples)
-    metrics = {f"eval/{k}": v / n for k, v in totals.items()}
-    metrics["eval/len"] = length / n
+    n = len(held_out)
+    metrics = {f"eval/{k}": dist.sum_over_ranks(v) / n for k, v in totals.items()}
+    metrics["eval/len"] = dist.sum_over_ranks(length) / n
     if cfg.eval.n > 1:
-        metrics[f"eval/pass@{cfg.eval.n}"] = pass_at_n(engine, prompts, examples, cfg)
+        metrics[f"eval/pass@{cfg.eval.n}"] = dist.sum_over_ranks(pass_at_n(engine, prompts, examples, cfg)) / n
     return metrics, rows
 
 
 def pass_at_n(engine, prompts, examples, cfg: Config) -> float:
-    """Fraction of problems with at least one of eval.n samples correct under the success reward."""
+    """How many problems have at least one of eval.n samples correct under the success reward."""
     sampled = engine.generate(prompts, Sampling(n=cfg.eval.n, temperature=cfg.eval.temperature,
                                                 max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed))
     success = REWARDS[cfg.reward.success]
     solved = sum(any((call_reward(success, c.text, e)[0] or 0) > 0 for c in cs) for e, cs in zip(examples, sampled))
-    return solved / len(examples)
+    return solved
 
 
 def evaluate_main(cfg: Config) -> dict[str, float]:

@@ -1,10 +1,12 @@
 """Resolve `hardware.device=auto` / `dtype=auto` once, at setup, into concrete values."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
+from rltool import dist
 from rltool.config import HardwareConfig
 
 
@@ -24,4 +26,6 @@ def resolve_hardware(cfg: HardwareConfig) -> Hardware:
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     if device == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
-    return Hardware(device=device, dtype=dtype, num_processes=cfg.num_processes, cfg=cfg)
+    if device == "cuda" and dist.world_size() > 1:  # one GPU per rank of this machine
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return Hardware(device=device, dtype=dtype, num_processes=dist.world_size(), cfg=cfg)

@@ -92,7 +92,7 @@ def memory_plan(cfg: Config, hw, shape: Shape, device_bytes: int) -> tuple[str, 
     trainable = shape.lora_params(lora_r) if lora_r else P
     weight_bytes = 0.5 if cfg.actors.qlora else b  # NF4: 4 bits a weight
     tokens = cfg.trainer.micro_batch_size * (cfg.rollout.max_prompt_len + cfg.rollout.max_new_tokens)
-    per_token_layer = (2 * shape.hidden if cfg.actors.gradient_checkpointing
+    per_token_layer = (2 * shape.hidden if cfg.actors.gradient_checkpointing or cfg.hardware.gradient_checkpointing
                        else 10 * shape.hidden + 4 * shape.intermediate) * b  # inputs kept for backward
     parts = {
         "weights": P * weight_bytes / shard,

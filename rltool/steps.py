@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from rltool import dist
+from rltool import dist, parallel
 from rltool.actors.logprobs import completion_logp
 from rltool.algos.advantages import ADVANTAGES
 from rltool.algos.kl import KL_ESTIMATORS
@@ -21,8 +21,11 @@ from rltool.samples import Sample
 @torch.no_grad()
 def logp_no_grad(model, batch: Batch, cfg: Config) -> torch.Tensor:
     T = batch.mask.shape[1]
+    micro = [m.trimmed() for m in batch.split(cfg.trainer.micro_batch_size)]
     parts = [completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width, cfg.rollout.temperature)[0]
-             for mb in (m.trimmed() for m in batch.split(cfg.trainer.micro_batch_size))]
+             for mb in micro]
+    for _ in range(parallel.forward_count(len(micro), model) - len(micro)):  # ZeRO-3: forwards are collective
+        completion_logp(model, micro[0].input_ids, micro[0].attention_mask, micro[0].prompt_width, 1.0)
     return torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1])) for p in parts])  # (B, T), batch's device
 
 
@@ -78,6 +81,11 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     # The rest are sorted by length so each trimmed micro-batch carries little padding.
     live = batch if a.agg == "bnpo" else batch.select(by_length(batch, contributing_rows(batch, kl_in_loss)))
     micro = [mb.trimmed().to(model.device) for mb in live.split(t.micro_batch_size)]
+    # ZeRO-3 ranks must all run as many forward/backward passes: pad with zero-weight repeats.
+    passes = parallel.forward_count(len(micro), model)
+    padding = []
+    if passes > len(micro):
+        padding = [(live if micro else batch).select(torch.tensor([0])).trimmed().to(model.device)] * (passes - len(micro))
     # Step totals over every rank (DAPO's global token mean); see agg_loss for the world-size factor.
     rl_counts = dict(num_seqs=dist.sum_over_ranks(float(rl_mask.any(-1).sum())),
                      num_tokens=dist.sum_over_ranks(float(rl_mask.sum())),
@@ -86,12 +94,13 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
                       num_tokens=dist.sum_over_ranks(float(sft_mask.sum())))
     totals: dict[str, torch.Tensor] = {"update/rows": torch.tensor(float(len(live)))}
 
-    optimizer.zero_grad(set_to_none=True)
-    if not micro:  # all advantages 0: the step is AdamW on zero gradients, exactly as if we had run them
+    parallel.zero_grad(model, optimizer)
+    if not passes:  # all advantages 0: the step is AdamW on zero gradients, exactly as if we had run them
         for p in model.parameters():
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
-    for mb in micro:
+    scale = parallel.loss_scale(model)
+    for i, mb in enumerate(micro + padding):
         logp, entropy = completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width,
                                         cfg.rollout.temperature, with_entropy=True)  # (b, T)
         old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()
@@ -115,11 +124,13 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
         m["policy/entropy"] = masked_mean(entropy, mb.mask)
         # KL(engine || trainer) on the sampled tokens: the rollout/training mismatch (vLLM vs HF kernels).
         m["policy/mismatch_kl"] = masked_mean(KL_ESTIMATORS["k3"](mb.sample_logp, logp.detach()), mb.rl_mask)
-        loss.backward()
+        padded = i >= len(micro)
+        parallel.backward(model, loss * (0.0 if padded else scale), last=i == passes - 1)
+        if padded:
+            continue
         for k, v in m.items():  # loss parts are already globally normalised: sum them; average the rest
             totals[k] = totals.get(k, 0.0) + (v if k.startswith("loss/") else v / len(micro))
-    totals["policy/grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-    optimizer.step()
+    totals["policy/grad_norm"] = parallel.step(model, optimizer, t.grad_clip)
     return totals
 
 

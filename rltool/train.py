@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rltool import ckpt
+from rltool import ckpt, dist, parallel
 from rltool.actors.embedded import resolve_model_path
 from rltool.actors.load import load_policy, load_reference, load_tokenizer
+from rltool.actors.lora import AdapterDisabled
 from rltool.algos.rollouts import ROLLOUTS, RolloutContext
 from rltool.batch import collate
 from rltool.config import Config
@@ -37,47 +38,58 @@ from rltool.steps import compute_advantages, compute_logprobs, optimize, rollout
 
 def train(cfg: Config) -> dict[str, float]:
     """Returns the final eval metrics ({} with eval.enabled=false): a multirun tables them per job."""
-    # ---- setup: seed, hardware, actors, engine, env, optimizer, resume ----
+    # ---- setup: ranks, seed, hardware, actors, engine, env, optimizer, resume ----
+    accelerator = parallel.start(cfg)  # launched: accelerate + DeepSpeed ZeRO-3 over every rank; else None
     hw = resolve_hardware(cfg.hardware)
+    main = dist.rank() == 0  # writes logs, metrics and checkpoints
     torch.manual_seed(cfg.seed)
     run_dir, resume_from = Path(cfg.output_dir), None
     if cfg.resume:
         resume_from = ckpt.resolve_checkpoint(cfg.resume)
         run_dir = resume_from.parent.parent  # keep writing into the run being continued
         warn_config_drift(cfg, resume_from)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    base_dir = resolve_model_path(cfg.actors.path)
-    print(batch_plan(cfg, hw))
-    print(memory_plan(cfg, hw, Shape.of(base_dir), device_memory(hw.device))[0])  # refuses what cannot fit
+    run_dir = Path(dist.broadcast(str(run_dir)))  # ranks started a second apart must agree on ${now:...}
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    base_dir = dist.local_main_first(lambda: resolve_model_path(cfg.actors.path))  # one writer per machine's cache
+    plan = batch_plan(cfg, hw) + "\n" + memory_plan(cfg, hw, Shape.of(base_dir), device_memory(hw.device))[0]
+    if main:  # memory_plan above refuses what cannot fit, on every rank
+        print(plan)
     model_dir = str(ckpt.model_dir(resume_from)) if resume_from else base_dir  # resume: weights from the checkpoint
-    # LoRA resume: base from actors.path + the checkpoint's adapter; vLLM starts from model_dir (merged)
-    model = load_policy(cfg.actors, hw.dtype, base_dir=base_dir, resume_from=resume_from, device=hw.device)
+    # LoRA resume: base from actors.path + the checkpoint's adapter; vLLM starts from model_dir (merged).
+    # ZeRO-3 resume: a fresh policy here, then DeepSpeed's own checkpoint restores weights and Adam state.
+    model = load_policy(cfg.actors, hw.dtype, base_dir=base_dir, resume_from=None if accelerator else resume_from,
+                        device=None if accelerator else hw.device, gradient_checkpointing=hw.cfg.gradient_checkpointing)
     tokenizer = load_tokenizer(model_dir)
-    ref_model = load_reference(model, base_dir, hw.dtype, hw.device) if cfg.algo.kl_coef > 0 else None  # LoRA: adapter off
+    optimizer = parallel.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)  # LoRA: adapter only
+    model, optimizer = parallel.prepare(accelerator, model, optimizer)
+    ref_model = None
+    if cfg.algo.kl_coef > 0:  # LoRA: the policy with its adapter off
+        ref_model = load_reference(parallel.unwrap(model), base_dir, hw.dtype, None if accelerator else hw.device)
+        ref_model = ref_model if isinstance(ref_model, AdapterDisabled) else parallel.prepare_frozen(accelerator, ref_model)
     engine = make_engine(cfg, hw, model, tokenizer, model_dir)
 
     env = make_env(cfg.env)
     scorer = Scorer.from_config(cfg.reward, cfg.rollout.max_new_tokens)
     sampler = PromptSampler(env.train_examples(), cfg.seed)
-    rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, engine, tokenizer, env, scorer, sampler.draw))
+    rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, engine, tokenizer, env, scorer,
+                                                        rank_share(sampler.draw), rank=dist.rank()))
 
-    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter only
-    # fused: one kernel for the whole update (CPU and CUDA), as TRL's default adamw_torch_fused
-    optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(parallel.torch_optimizer(model, optimizer), lr_lambda(cfg))
     start, history = 0, []
     if resume_from:
         state = ckpt.load_trainer_state(resume_from)
-        ckpt.load_optimizer(resume_from, optimizer)
+        ckpt.load_optimizer(resume_from, optimizer, model)
         ckpt.load_scheduler(resume_from, scheduler)
         sampler.load_state_dict(state["sampler"])
         rollout.load_state_dict(state["rollout"])
         ckpt.set_rng_state(state["rng"])
         start, history = state["step"], state.get("history", [])
-        print(f"resumed from {resume_from} at step {start}")
+        if main:
+            print(f"resumed from {resume_from} at step {start}")
 
-    log = MetricsLog(run_dir, enabled=True, logger=cfg.trainer.logger,
+    log = MetricsLog(run_dir, enabled=main, logger=cfg.trainer.logger,
                      config=OmegaConf.to_container(OmegaConf.structured(cfg)), run_name=run_dir.name)
     timer = PhaseTimer()
     eval_due = lambda s: cfg.eval.enabled and (s == 0 or s == cfg.trainer.max_steps or  # noqa: E731
@@ -85,13 +97,13 @@ def train(cfg: Config) -> dict[str, float]:
 
     # ---- the loop ----
     # closing(): a multirun runs its next job in this process, so a failing job must still let go of its engine
-    with Progress(cfg.trainer.max_steps, start, enabled=True) as progress, closing(engine), closing(log):
+    with Progress(cfg.trainer.max_steps, start, enabled=main) as progress, closing(engine), closing(log):
         for step in range(start, cfg.trainer.max_steps):
             if eval_due(step) and not (resume_from and step == start):
                 run_eval(engine, tokenizer, env, cfg, step, log)
 
             started = time.perf_counter(), time.process_time()
-            with timer("generate"):
+            with timer("generate"), parallel.offloaded(model, hw):  # GPU ZeRO-3: trainer shards in CPU RAM meanwhile
                 samples, metrics = rollout(step)
             engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory for the update; no-op on CPU
             with timer("logprobs"):
@@ -108,7 +120,7 @@ def train(cfg: Config) -> dict[str, float]:
                 sync_weights(engine, model)
 
             phases = timer.split()
-            metrics = step_metrics(metrics, samples, batch, scheduler, phases, started)
+            metrics = step_metrics(metrics, samples, batch, scheduler, phases, started)  # over every rank
             log.log(step + 1, metrics)
             log.log_data_order(step + 1, list(dict.fromkeys(s.example_id for s in samples)))
             history.append({"step": step + 1, **metrics})
@@ -118,16 +130,30 @@ def train(cfg: Config) -> dict[str, float]:
                 save(run_dir, step + 1, model, tokenizer, optimizer, scheduler, sampler, rollout, history, cfg)
 
         final_metrics = run_eval(engine, tokenizer, env, cfg, cfg.trainer.max_steps, log) if eval_due(cfg.trainer.max_steps) else {}
-    final_dir = ckpt.save_final(run_dir, model, tokenizer)
-    plot_run(run_dir)
-    print(f"done: {run_dir} (final model: {final_dir})")
+        # before the engine closes: under external_launcher its shutdown tears down the ranks' process group
+        final_dir = ckpt.save_final(run_dir, model, tokenizer)
+    if main:
+        plot_run(run_dir)
+        print(f"done: {run_dir} (final model: {final_dir})")
     return final_metrics
+
+
+def rank_share(draw):
+    """draw(k) for this rank: every rank advances the shared sampler by k x world and keeps its own
+    k prompts, so ranks see different prompts and a resume sees the same ones."""
+    world, rank = dist.world_size(), dist.rank()
+    return draw if world == 1 else (lambda k: draw(k * world)[rank * k:(rank + 1) * k])
+
+
+SUMMED_OVER_RANKS = ("rollout/tokens", "rollout/gen_tokens", "rollout/samples", "rollout/groups", "reward/unscored",
+                     "update/rows")
 
 
 def step_metrics(metrics: dict, samples, batch, scheduler, phases: dict[str, float],
                  started: tuple[float, float]) -> dict[str, float]:
     """Everything logged for one step. The float() conversion is the step's one device sync."""
     metrics = metrics | rollout_metrics(samples, batch) | {f"time/{k}": v for k, v in phases.items()}
+    metrics = dist.combine_metrics({k: float(v) for k, v in metrics.items()}, summed=SUMMED_OVER_RANKS)
     metrics["perf/lr"] = scheduler.get_last_lr()[0]
     metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(phases.get("generate", 0.0), 1e-9)
     metrics["time/step"] = time.perf_counter() - started[0]
@@ -136,21 +162,24 @@ def step_metrics(metrics: dict, samples, batch, scheduler, phases: dict[str, flo
 
 
 def run_eval(engine, tokenizer, env, cfg: Config, step: int, log: MetricsLog) -> dict:
-    metrics, rows = evaluate(engine, tokenizer, env, cfg)
+    metrics, rows = evaluate(engine, tokenizer, env, cfg)  # each rank a share of the problems, metrics over all
     log.log(step, metrics)
     log.log_samples(step, rows[:cfg.eval.log_samples])
-    print(f"eval @ step {step}: " + " | ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()))
+    if dist.rank() == 0:
+        print(f"eval @ step {step}: " + " | ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()))
     return metrics
 
 
 def save(run_dir, step, model, tokenizer, optimizer, scheduler, sampler, rollout, history, cfg: Config) -> None:
     state = {"step": step, "sampler": sampler.state_dict(), "rollout": rollout.state_dict(),
              "rng": ckpt.rng_state(), "history": history}
+    # collective under ZeRO-3: every rank writes its shard
     path = ckpt.save_checkpoint(run_dir, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
                                 scheduler=scheduler, trainer_state=state,
                                 config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)),
                                 keep_last=cfg.trainer.keep_last)
-    print(f"checkpoint: {path}")
+    if dist.rank() == 0:
+        print(f"checkpoint: {path}")
 
 
 def lr_lambda(cfg: Config):

@@ -20,8 +20,11 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_model(path: str, dtype: str, *, trainable: bool, gradient_checkpointing: bool = False, device: str = "cpu"):
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+def load_model(path: str, dtype: str, *, trainable: bool, gradient_checkpointing: bool = False,
+               device: str | None = "cpu"):
+    """device=None leaves placement to DeepSpeed (under ZeRO-3 the weights may already be partitioned)."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model = model.to(device) if device else model
     if trainable:
         model.train()
         if gradient_checkpointing:
@@ -32,24 +35,26 @@ def load_model(path: str, dtype: str, *, trainable: bool, gradient_checkpointing
     return model
 
 
-def load_policy(cfg: ActorConfig, dtype: str, *, base_dir: str, resume_from: Path | None = None, device: str = "cpu"):
+def load_policy(cfg: ActorConfig, dtype: str, *, base_dir: str, resume_from: Path | None = None,
+                device: str | None = "cpu", gradient_checkpointing: bool = False):
     """The trained policy: the model at `base_dir` (actors.path), wrapped with a fresh LoRA adapter
     when actors.lora.r > 0 (on a 4-bit base with QLoRA). On resume the checkpoint decides, as for
     any architecture: with an adapter/ it is base + that adapter, without it the full weights in model/.
     """
+    gradient_checkpointing = gradient_checkpointing or cfg.gradient_checkpointing  # hardware profile or actors
     adapter_dir = ckpt.adapter_dir(resume_from) if resume_from else None
     if adapter_dir is None and (resume_from or cfg.lora.r == 0):  # full fine-tuning
         path = str(ckpt.model_dir(resume_from)) if resume_from else base_dir
-        return load_model(path, dtype, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing, device=device)
+        return load_model(path, dtype, trainable=True, gradient_checkpointing=gradient_checkpointing, device=device)
     if cfg.qlora:
-        base = lora.load_4bit(base_dir, DTYPES[dtype], gradient_checkpointing=cfg.gradient_checkpointing)
+        base = lora.load_4bit(base_dir, DTYPES[dtype], gradient_checkpointing=gradient_checkpointing)
     else:
-        base = load_model(base_dir, dtype, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
+        base = load_model(base_dir, dtype, trainable=True, gradient_checkpointing=gradient_checkpointing,
                           device=device)
     return lora.add_adapter(base, cfg.lora, adapter_dir)
 
 
-def load_reference(policy, path: str, dtype: str, device: str = "cpu"):
+def load_reference(policy, path: str, dtype: str, device: str | None = "cpu"):
     """The frozen KL reference: the base weights at `path`; for a LoRA policy, the policy itself with
     its adapter switched off (the base is already inside it, so no second copy is loaded)."""
     if lora.is_peft(policy):

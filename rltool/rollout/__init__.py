@@ -1,7 +1,7 @@
 """Rollout engines (vLLM by default, HF generate for debugging) and trainer -> engine weight sync."""
 from __future__ import annotations
 
-from rltool.actors.lora import named_weights_for_engine
+from rltool import dist
 from rltool.config import Config
 
 
@@ -18,7 +18,8 @@ def make_engine(cfg: Config, hw, model, tokenizer, model_dir: str):
                                                                         cfg.eval.max_new_tokens,
                                                                         cfg.algo.erl.reflection_max_new_tokens),
                         gpu_memory_utilization=h.vllm_gpu_memory_utilization, kv_cache_gib=h.vllm_kv_cache_gib,
-                        max_num_seqs=h.vllm_max_num_seqs, sleep_mode=h.sleep_mode)
+                        max_num_seqs=h.vllm_max_num_seqs, sleep_mode=h.sleep_mode,
+                        external_launcher=dist.world_size() > 1)  # one engine per rank
     if cfg.actors.qlora and model is not None:  # the trainer's base is model_dir's rounded to 4 bits: start vLLM on it
         sync_weights(engine, model)
     return engine
@@ -29,4 +30,6 @@ def sync_weights(engine, model) -> None:
     embed_tokens.weight): vLLM's CPU backend keeps a separate lm_head copy and would silently keep
     generating with the old one otherwise. A LoRA policy is pushed merged (W + BA under the base
     names): the engine holds the full base model."""
-    engine.update_weights(named_weights_for_engine(model))
+    from rltool.parallel import weights_for_engine
+
+    engine.update_weights(weights_for_engine(model))

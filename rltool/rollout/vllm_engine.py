@@ -55,7 +55,9 @@ class VLLMEngine:
         return [[_completion(c) for c in out.outputs] for out in outputs]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        weights = [(name, t.detach()) for name, t in named_tensors]
+        """Streams the tensors into vLLM's loader as they come (in-process, nothing is pickled): under
+        ZeRO-3 each block is gathered only when vLLM reaches it."""
+        weights = ((name, t.detach()) for name, t in named_tensors)
         self.llm.collective_rpc(_reload_weights, args=(weights,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
