@@ -95,6 +95,8 @@ def check_model_path(path: str) -> None:
 
 def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
     """Validate, then train or evaluate; returns the final eval metrics (None for validate). Raises ConfigError."""
+    if launch.launched() and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # `accelerate launch ... -m rltool train`:
+        cfg.hardware.num_processes, cfg.hardware.zero_stage = int(os.environ["WORLD_SIZE"]), 3  # its world counts
     config = to_config(cfg)
     if not config.output_dir:
         config.output_dir = HydraConfig.get().runtime.output_dir
@@ -122,6 +124,13 @@ def run_launched(config: Config) -> dict[str, float]:
     final eval metrics the ranks logged (a multirun tables them)."""
     from rltool.metrics import read_metrics
 
+    from rltool.actors.embedded import resolve_model_path
+    from rltool.hardware import resolve_hardware
+    from rltool.plan import Shape, device_memory, memory_plan
+
+    # Before any rank starts: fill the embedded-model cache once, refuse what cannot fit in one line.
+    hw = resolve_hardware(config.hardware)
+    memory_plan(config, hw, Shape.of(resolve_model_path(config.actors.path)), device_memory(hw.device))
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "output_dir="))]
     rc = launch.run(config.hardware, ["train", *overrides, f"hydra.run.dir={config.output_dir}"])

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import OmegaConf, MISSING
 
 
 class ConfigError(ValueError):
@@ -277,6 +277,8 @@ class HardwareConfig:
               self.num_machines, f"must be >= 1 and divide hardware.num_processes={self.num_processes}")
         check(0 <= self.machine_rank < self.num_machines, "hardware.machine_rank", self.machine_rank,
               f"must be in [0, hardware.num_machines={self.num_machines})")
+        check(not (self.offload_between_phases and self.offload_param), "hardware.offload_between_phases", True,
+              "moves the trainer's GPU shards to CPU; with hardware.offload_param=true they are there already: set one")
         for key in ("offload_optimizer", "offload_param", "offload_between_phases"):
             check(not getattr(self, key) or self.zero_stage == 3, f"hardware.{key}", True,
                   "is a DeepSpeed ZeRO-3 option: also set hardware.zero_stage=3")
@@ -380,6 +382,10 @@ class Config:
 
 
 def register_configs() -> None:
+    # ${multiple_of:4,${hardware.num_processes}}: the smallest multiple of the rank count >= 4, so the
+    # default batch divides over any hardware profile (each rank rolls out whole groups).
+    if not OmegaConf.has_resolver("multiple_of"):
+        OmegaConf.register_new_resolver("multiple_of", lambda at_least, m: -(-int(at_least) // int(m)) * int(m))
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, node in (("algo", AlgoConfig), ("env", EnvConfig), ("actors", ActorConfig),

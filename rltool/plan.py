@@ -111,7 +111,7 @@ def memory_plan(cfg: Config, hw, shape: Shape, device_bytes: int) -> tuple[str, 
         total = max(total - gib["engine"], fixed)
     available = device_bytes / GIB
     where = f"{'GPU' if hw.device == 'cuda' else 'CPU RAM'} {available:.1f} GiB"
-    ranks = hw.num_processes if hw.device == "cpu" else 1  # CPU ranks of this machine share its RAM
+    ranks = hw.num_processes // cfg.hardware.num_machines if hw.device == "cpu" else 1  # CPU ranks of one machine share its RAM
     fixed, total = fixed * ranks, total * ranks
     line = (f"  memory per {'GPU' if hw.device == 'cuda' else 'rank'} (GiB, worst case): "
             + ", ".join(f"{k} {v:.2f}" for k, v in gib.items() if v)

@@ -19,7 +19,13 @@ CASES = [
     (["actors.qlora=true", "actors.lora.r=16"], "actors.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none"),
     (["hardware.vllm_kv_cache_gib=64"], "hardware.vllm_kv_cache_gib (CPU) / hardware.vllm_gpu_memory_utilization (GPU): engine needs 64.5 GiB"),
     (["actors.qlora=true", "hardware=gpu1"], "actors.lora.r=0: must be > 0 with actors.qlora=true"),
-    (["hardware.zero_stage=3"], "hardware.zero_stage=3: multi-process / ZeRO-3 training is not built yet"),
+    (["hardware.num_processes=2"], "hardware.num_processes=2: more than one process trains with DeepSpeed ZeRO-3"),
+    (["hardware.offload_optimizer=true"], "hardware.offload_optimizer=True: is a DeepSpeed ZeRO-3 option"),
+    (["hardware=cpu_zero3", "rollout.engine=hf"], "rollout.engine=hf: HF generate does not run on ZeRO-3"),
+    (["hardware=cpu_zero3", "trainer.prompts_per_step=3"],
+     "trainer.prompts_per_step=3: must be divisible by hardware.num_processes=2"),
+    (["hardware=cpu_zero3", "hardware.vllm_kv_cache_gib=16"],  # refused before accelerate starts any rank
+     "engine needs 33.0 GiB of the"),
     (["algo.mismatch_cap=1"], "algo.mismatch_cap=1.0: must be > 1"),
     (["algo.mismatch_level=seq"], "algo.mismatch_level='seq': must be one of none, token, sequence"),
     (["algo=erl", "algo.erl.retry_template='{prompt} {attempt}'"], "algo.erl.retry_template"),
@@ -28,6 +34,7 @@ CASES = [
 
 if not torch.cuda.is_available():  # the refusal is what is tested; on a GPU box the config is fine
     CASES.append((["hardware=gpu1"], "hardware=gpu1: asks for device=cuda but no GPU is visible"))
+    CASES.append((["hardware=gpu8"], "hardware=gpu8: asks for device=cuda but no GPU is visible"))
 
 
 @pytest.mark.parametrize("overrides,message", CASES)
