@@ -3,7 +3,8 @@
 Layout of a run directory:
 
     checkpoints/step_000012/   model/ (HF weights + tokenizer), optimizer.pt, scheduler.pt,
-                               trainer_state.pt, config.yaml; with LoRA also adapter/ (PEFT)
+                               trainer_state.pt, config.yaml; with LoRA also adapter/ (PEFT);
+                               under ZeRO-3 zero/ (DeepSpeed shards) instead of optimizer.pt, adapter/
     checkpoints/latest         text file holding "step_000012"
     final/                     the trained model alone, for `actors.path=outputs/<run>/final`
 
@@ -14,9 +15,12 @@ eval` and `from_pretrained` load them like any other; adapter/ is what resume lo
 Each checkpoint is written into `checkpoints/.tmp-step_N-<rand>/` and renamed into place; `latest`
 is replaced only after that rename. A process killed at any moment therefore leaves the previous
 checkpoint and `latest` intact, plus at worst a `.tmp-*` directory that the next save deletes.
-Limits: this is atomic against a crashed process, not against power loss (files are not fsynced),
-and it assumes one writer per run directory: only the main process calls these functions.
-The caller gathers ZeRO-3 shards before `save_checkpoint`; this module only writes what it gets.
+Limits: this is atomic against a crashed process, not against power loss (files are not fsynced).
+
+Under DeepSpeed ZeRO-3 every rank calls `save_checkpoint` / `save_final`: `model/` is gathered block
+by block and written by rank 0, `zero/` holds each rank's shard of the parameters and Adam state
+(DeepSpeed's own format, in the temporary directory rank 0 created), and rank 0 renames the directory
+into place once every rank has written. All machines must see the run directory.
 """
 from __future__ import annotations
 

@@ -207,3 +207,15 @@ class _Bar(RichProgress):
         yield self.make_tasks_table(self.tasks)
         if self.status:
             yield Text(self.status)  # plain Text: rich's repr highlighter would colour half of "1.2s"
+
+
+def peak_memory_gib(device: str) -> float:
+    """This process's peak so far: GPU memory allocated through torch (vLLM's weights and KV cache
+    included: it runs in-process) on cuda, resident set size on cpu."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 1024**3
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB

@@ -23,6 +23,7 @@ from rltool.config import Config, ConfigError
 def start(cfg: Config):
     """The Accelerator of a launched run (None for one plain process). Its DeepSpeed config is
     completed from rltool's config before anything is prepared."""
+    from rltool.hardware import resolve_hardware
     from rltool.launch import launched
 
     if not launched():
@@ -47,6 +48,8 @@ def start(cfg: Config):
     ds["gradient_accumulation_steps"] = 1  # micro-batches are accumulated by rltool (set_gradient_accumulation_boundary)
     ds["gradient_clipping"] = cfg.trainer.grad_clip
     ds["train_batch_size"] = cfg.trainer.micro_batch_size * world
+    if resolve_hardware(cfg.hardware).dtype == "bfloat16":  # bf16 weights, fp32 master copy and Adam state
+        ds["bf16"] = {"enabled": True}
     return accelerator
 
 

@@ -20,7 +20,8 @@ def batch_plan(cfg: Config, hw) -> str:
         f"plan: {cfg.algo.name} on {cfg.env.name} with {cfg.actors.path} ({hw.device}, {hw.dtype}, "
         f"{hw.num_processes} process{'es' if hw.num_processes > 1 else ''}, engine={r.engine})",
         f"  prompts/step {t.prompts_per_step} x group {t.group_size} = {completions} completions/step",
-        f"  per rank {per_rank} completions in {micro_steps} micro-batches of {t.micro_batch_size}",
+        f"  per rank {per_rank} completions in {micro_steps} micro-batches of {t.micro_batch_size} "
+        f"(accumulation steps per optimizer step: {micro_steps}, fewer when rows with advantage 0 are skipped)",
         f"  optimizer steps per rollout {cfg.algo.iterations}; max tokens/step "
         f"{completions * (r.max_new_tokens + r.max_prompt_len):,} (prompt <= {r.max_prompt_len}, completion <= {r.max_new_tokens})",
         f"  {t.max_steps} steps, eval every {t.eval_every or 'end'}, checkpoint every {t.save_every or 'never'}",

@@ -28,7 +28,7 @@ from rltool.data import PromptSampler
 from rltool.envs import make_env
 from rltool.evaluate import evaluate
 from rltool.hardware import resolve_hardware
-from rltool.metrics import MetricsLog, PhaseTimer, Progress
+from rltool.metrics import MetricsLog, PhaseTimer, Progress, peak_memory_gib
 from rltool.plan import Shape, batch_plan, device_memory, memory_plan
 from rltool.plot import plot_run
 from rltool.rewards.score import Scorer
@@ -60,7 +60,8 @@ def train(cfg: Config) -> dict[str, float]:
     # LoRA resume: base from actors.path + the checkpoint's adapter; vLLM starts from model_dir (merged).
     # ZeRO-3 resume: a fresh policy here, then DeepSpeed's own checkpoint restores weights and Adam state.
     model = load_policy(cfg.actors, hw.dtype, base_dir=base_dir, resume_from=None if accelerator else resume_from,
-                        device=None if accelerator else hw.device, gradient_checkpointing=hw.cfg.gradient_checkpointing)
+                        device=None if accelerator else hw.device, gradient_checkpointing=hw.cfg.gradient_checkpointing,
+                        seed=cfg.seed)
     tokenizer = load_tokenizer(model_dir)
     optimizer = parallel.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)  # LoRA: adapter only
     model, optimizer = parallel.prepare(accelerator, model, optimizer)
@@ -120,6 +121,7 @@ def train(cfg: Config) -> dict[str, float]:
                 sync_weights(engine, model)
 
             phases = timer.split()
+            metrics["perf/peak_mem_gib"] = peak_memory_gib(hw.device)  # per rank (averaged over ranks)
             metrics = step_metrics(metrics, samples, batch, scheduler, phases, started)  # over every rank
             log.log(step + 1, metrics)
             log.log_data_order(step + 1, list(dict.fromkeys(s.example_id for s in samples)))

@@ -36,7 +36,7 @@ def load_model(path: str, dtype: str, *, trainable: bool, gradient_checkpointing
 
 
 def load_policy(cfg: ActorConfig, dtype: str, *, base_dir: str, resume_from: Path | None = None,
-                device: str | None = "cpu", gradient_checkpointing: bool = False):
+                device: str | None = "cpu", gradient_checkpointing: bool = False, seed: int = 0):
     """The trained policy: the model at `base_dir` (actors.path), wrapped with a fresh LoRA adapter
     when actors.lora.r > 0 (on a 4-bit base with QLoRA). On resume the checkpoint decides, as for
     any architecture: with an adapter/ it is base + that adapter, without it the full weights in model/.
@@ -51,7 +51,7 @@ def load_policy(cfg: ActorConfig, dtype: str, *, base_dir: str, resume_from: Pat
     else:
         base = load_model(base_dir, dtype, trainable=True, gradient_checkpointing=gradient_checkpointing,
                           device=device)
-    return lora.add_adapter(base, cfg.lora, adapter_dir)
+    return lora.add_adapter(base, cfg.lora, adapter_dir, seed=seed)
 
 
 def load_reference(policy, path: str, dtype: str, device: str | None = "cpu"):

@@ -28,21 +28,30 @@ def is_peft(model) -> bool:
     return peft is not None and isinstance(model, peft.PeftModel)
 
 
-def add_adapter(base, cfg: LoraConfig, adapter_dir: Path | None = None):
+def add_adapter(base, cfg: LoraConfig, adapter_dir: Path | None = None, seed: int = 0):
     """Wrap `base` with a fresh adapter, or with the one saved in `adapter_dir` (resume). Only the
-    adapter's parameters keep requires_grad, so only they reach the optimizer."""
+    adapter's parameters keep requires_grad, so only they reach the optimizer.
+
+    A fresh adapter's random A is drawn from `seed` alone, whatever the loading before it consumed
+    (ZeRO-3's partitioned loading draws differently from a plain one), so one process and any
+    number of ranks start from the same adapter."""
     from peft import LoraConfig as PeftLoraConfig, PeftModel, get_peft_model
+
+    from rltool import dist
 
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
     else:
         targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
             [m.strip() for m in cfg.target_modules.split(",")]  # a plain str would be read as one regex
-        model = get_peft_model(base, PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                                    target_modules=targets, task_type="CAUSAL_LM"))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = get_peft_model(base, PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                        target_modules=targets, task_type="CAUSAL_LM"))
     trainable, total = model.get_nb_trainable_parameters()
     source = adapter_dir or f"r={cfg.r} alpha={cfg.alpha} on {cfg.target_modules}"
-    print(f"lora: {source}; trainable params {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    if dist.rank() == 0:
+        print(f"lora: {source}; trainable params {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     return model.train()
 
 

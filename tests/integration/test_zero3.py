@@ -3,7 +3,8 @@
 The same fixed batch gives the same advantages, loss, gradient norm and updated weights whether one
 process holds it or two ZeRO-3 ranks hold half each (every group split over the ranks); and after
 the step each rank's own vLLM engine, fed the weights block by block, scores a completion as the
-trainer does. Real model, real DeepSpeed, real vLLM: only the launcher is pointed at loopback.
+trainer does. Both for full fine-tuning and for LoRA (vLLM gets W + BA merged block by block).
+Real model, real DeepSpeed, real vLLM: only the launcher is pointed at loopback.
 """
 import json
 import os
@@ -37,11 +38,11 @@ def accelerate(*args: str, processes: int = 2, port: int = 29511) -> list[str]:
             "--num_processes", str(processes), "--main_process_port", str(port), *args]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
+@pytest.fixture(scope="module", params=[[], ["--lora"]], ids=["full", "lora_r8"])
+def results(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zero3")
-    run([sys.executable, WORKER, str(tmp / "one.json")])
-    run(accelerate(WORKER, str(tmp / "two.json"), "--engine"))
+    run([sys.executable, WORKER, str(tmp / "one.json"), *request.param])
+    run(accelerate(WORKER, str(tmp / "two.json"), "--engine", *request.param))
     return json.loads((tmp / "one.json").read_text()), json.loads((tmp / "two.json").read_text())
 
 

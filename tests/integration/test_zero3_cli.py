@@ -1,6 +1,7 @@
 """`rltool train hardware=cpu_zero3` end to end (re-launch under accelerate, 2 ZeRO-3 ranks, per-rank vLLM,
 sharded eval, checkpoint, resume), and the explicit `accelerate launch` form across two "machines" on
 loopback, one process each, as scripts/launch_slurm.sh starts them on a cluster."""
+import csv
 import os
 import subprocess
 import sys
@@ -53,3 +54,11 @@ def test_two_machines_on_loopback(tmp_path):
     rows = read_jsonl(run / "metrics.jsonl")
     assert by_step(rows, "rollout/samples") == {1: 8.0}
     assert (run / "final/model.safetensors").is_file()
+
+
+def test_multirun_job_under_zero3(tmp_path):
+    # each job of a sweep gets its own `accelerate launch`; its final eval comes back to the summary table
+    rltool("train", "-m", *ZERO3_TINY, "trainer.max_steps=1", "seed=3", f"hydra.sweep.dir={tmp_path}")
+    (row,) = list(csv.DictReader((tmp_path / "multirun_summary.csv").open()))
+    assert row["status"] == "ok" and 0.0 <= float(row["eval/accuracy_flexible"]) <= 1.0
+    assert (tmp_path / row["run_dir"] / "final" / "model.safetensors").is_file()

@@ -5,7 +5,7 @@ gloo). Ranks hold every other sample, so each GRPO group is split over the ranks
 rank also starts its own vLLM engine (external_launcher), and after the step the trainer's weights are
 pushed in block by block and vLLM's log-probs are compared with the trainer's. Rank 0 writes a JSON.
 
-    python tests/integration/zero3_worker.py OUT.json [--engine]
+    python tests/integration/zero3_worker.py OUT.json [--engine] [--lora]
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from rltool.actors.embedded import materialize  # noqa: E402
 from rltool.actors.load import load_policy, load_tokenizer  # noqa: E402
 from rltool.actors.logprobs import completion_logp  # noqa: E402
 from rltool.batch import collate  # noqa: E402
-from rltool.config import ActorConfig, AlgoConfig, HardwareConfig, RolloutConfig, TrainerConfig  # noqa: E402
+from rltool.config import ActorConfig, AlgoConfig, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig  # noqa: E402
 from rltool.rollout.prompts import encode_chat  # noqa: E402
 from rltool.samples import Sample  # noqa: E402
 from rltool.steps import compute_advantages, optimize  # noqa: E402
@@ -48,15 +48,16 @@ def trainer_logp(model, sample: Sample) -> list[float]:
         return completion_logp(model, batch.input_ids, batch.attention_mask, batch.prompt_width)[0][0].tolist()
 
 
-def main(out: str, with_engine: bool) -> None:
+def main(out: str, with_engine: bool, lora_r: int) -> None:
     cfg = SimpleNamespace(
         algo=AlgoConfig(name="t", advantage="grpo", agg="dapo", mismatch_level="none"),  # dapo: global token mean
-        trainer=TrainerConfig(prompts_per_step=2, group_size=4, micro_batch_size=2, lr=1e-4, grad_clip=1.0),
+        trainer=TrainerConfig(prompts_per_step=2, group_size=4, micro_batch_size=2, lr=1e-3 if lora_r else 1e-4,
+                              grad_clip=1.0),
         rollout=RolloutConfig(max_new_tokens=16), hardware=HardwareConfig(name="t", num_processes=2, zero_stage=3))
     accelerator = parallel.start(cfg)  # None in a plain process
     path = str(materialize())
     tokenizer = load_tokenizer(path)
-    model = load_policy(ActorConfig(path=path), "float32", base_dir=path, device=None if accelerator else "cpu")
+    model = load_policy(ActorConfig(path=path, lora=LoraConfig(r=lora_r)), "float32", base_dir=path, device=None if accelerator else "cpu")
     optimizer = parallel.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     model, optimizer = parallel.prepare(accelerator, model, optimizer)
 
@@ -91,4 +92,4 @@ def main(out: str, with_engine: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--engine" in sys.argv[2:])
+    main(sys.argv[1], "--engine" in sys.argv[2:], 8 if "--lora" in sys.argv[2:] else 0)

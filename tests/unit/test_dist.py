@@ -30,7 +30,12 @@ def worker(rank: int, port: int, out) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         out[rank] = {"adv": advantages(RANK_ROWS[rank]), "tokens": rdist.sum_over_ranks(float(rank + 3)),
-                     "world": rdist.world_size()}
+                     "world": rdist.world_size(), "max": rdist.max_over_ranks(rank + 3),
+                     "dir": rdist.broadcast(f"outputs/run-{rank}"),
+                     # rank 1 had no loss part (its micro-batches were padding)
+                     "metrics": rdist.combine_metrics({"rollout/tokens": 10.0 * (rank + 1), "reward/mean": float(rank),
+                                                       **({"loss/policy": 0.5} if rank == 0 else {})},
+                                                      summed=("rollout/tokens",))}
     finally:
         dist.destroy_process_group()
 
@@ -49,8 +54,12 @@ def test_group_split_over_two_ranks_matches_one_process():
     assert out[0]["adv"] == [0.5, -0.5] and out[1]["adv"] == [0.0, -1.0, 1.0]
     assert out[0]["tokens"] == out[1]["tokens"] == 7.0  # 3 + 4
     assert out[0]["world"] == 2
+    assert out[0]["max"] == out[1]["max"] == 4
+    assert out[0]["dir"] == out[1]["dir"] == "outputs/run-0"
+    assert out[0]["metrics"] == out[1]["metrics"] == {"rollout/tokens": 30.0, "reward/mean": 0.5, "loss/policy": 0.5}
 
 
 def test_single_process_is_the_identity():
     x = torch.tensor([1.0, 2.0])
     assert rdist.gather_cat(x) == (x, 0) and rdist.sum_over_ranks(5.0) == 5.0 and rdist.world_size() == 1
+    assert rdist.max_over_ranks(3) == 3 and rdist.broadcast("a") == "a" and rdist.combine_metrics({"k": 1.0}) == {"k": 1.0}

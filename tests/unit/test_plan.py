@@ -90,3 +90,17 @@ def test_activations_only_warn():
     c = cfg(trainer=TrainerConfig(micro_batch_size=64), rollout=RolloutConfig(max_new_tokens=4096, max_prompt_len=4096))
     line, _ = memory_plan(c, hw, Shape.from_dict(SMOLLM2), 24 * GIB)
     assert "warning: worst-case activations may not fit" in line
+
+
+def test_batch_plan_splits_the_step_over_ranks():
+    from rltool.config import EnvConfig
+    from rltool.plan import batch_plan
+
+    cfg = SimpleNamespace(algo=AlgoConfig(name="grpo", iterations=2), env=EnvConfig(name="gsm8k"),
+                          actors=ActorConfig(path="embedded:smollm2-135m-instruct"),
+                          trainer=TrainerConfig(prompts_per_step=4, group_size=8, micro_batch_size=4, max_steps=10),
+                          rollout=RolloutConfig(max_new_tokens=100, max_prompt_len=156))
+    text = batch_plan(cfg, SimpleNamespace(device="cpu", dtype="float32", num_processes=2))
+    assert "2 processes" in text and "4 x group 8 = 32 completions/step" in text
+    assert "per rank 16 completions in 4 micro-batches of 4 (accumulation steps per optimizer step: 4" in text
+    assert "optimizer steps per rollout 2; max tokens/step 8,192" in text  # 32 x (100 + 156)
