@@ -133,7 +133,8 @@ def run_launched(config: Config) -> dict[str, float]:
     memory_plan(config, hw, Shape.of(resolve_model_path(config.actors.path)), device_memory(hw.device))
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "output_dir="))]
-    rc = launch.run(config.hardware, ["train", *overrides, f"hydra.run.dir={config.output_dir}"])
+    run_dir = config.output_dir.replace("\\", "\\\\").replace("'", "\\'")  # a sweep's job dirs hold '=' and ','
+    rc = launch.run(config.hardware, ["train", *overrides, f"hydra.run.dir='{run_dir}'"])
     if rc and hc.mode != RunMode.MULTIRUN:  # the ranks printed what went wrong
         sys.exit(rc)
     if rc:
