@@ -106,7 +106,7 @@ def train(cfg: Config) -> dict[str, float]:
             started = time.perf_counter(), time.process_time()
             with timer("generate"), parallel.offloaded(model, hw):  # GPU ZeRO-3: trainer shards in CPU RAM meanwhile
                 samples, metrics = rollout(step)
-            engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory for the update; no-op on CPU
+                engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory before the shards come back; no-op on CPU
             with timer("logprobs"):
                 batch = compute_logprobs(model, ref_model, collate(samples, tokenizer.pad_token_id), cfg)
             with timer("advantage"):

@@ -46,7 +46,8 @@ def test_two_machines_on_loopback(tmp_path):
          "--main_process_ip", "127.0.0.1", "--main_process_port", "29517",
          "-m", "rltool", "train", *[o for o in TINY if not o.startswith("hardware=")],
          "trainer.max_steps=1", "eval.enabled=false", f"hydra.run.dir={run}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for rank in (0, 1)]
+        # cwd: accelerate's multi-machine launcher writes the environment into ./.deepspeed_env
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for rank in (0, 1)]
     outputs = [m.communicate(timeout=600)[0] for m in machines]
     for rank, (m, out) in enumerate(zip(machines, outputs)):
         assert m.returncode == 0, f"machine {rank} exited {m.returncode}\n{out[-6000:]}"
