@@ -1,5 +1,5 @@
 """`rltool train hardware=cpu_zero3` end to end (re-launch under accelerate, 2 ZeRO-3 ranks, per-rank vLLM,
-sharded eval, checkpoint, resume), and the explicit `accelerate launch` form across two "machines" on
+a sharded KL reference, sharded eval, checkpoint, resume), and the explicit `accelerate launch` form across two "machines" on
 loopback, one process each, as scripts/launch_slurm.sh starts them on a cluster."""
 import csv
 import os
@@ -19,10 +19,12 @@ ZERO3_TINY = [o for o in TINY if not o.startswith("hardware=")] + ["hardware=cpu
 
 def test_cpu_zero3_trains_saves_and_resumes(tmp_path):
     run = tmp_path / "run"
-    proc = rltool("train", *ZERO3_TINY, "trainer.max_steps=2", "trainer.save_every=2", f"hydra.run.dir={run}")
+    # a KL term (the reference is sharded too) and 2 iterations (old log-probs: padded no-grad forwards)
+    extra = ["algo.kl_coef=0.01", "algo.iterations=2"]
+    proc = rltool("train", *ZERO3_TINY, *extra, "trainer.max_steps=2", "trainer.save_every=2", f"hydra.run.dir={run}")
     assert "launching 2 of 2 ranks" in proc.stderr and "2 processes" in proc.stdout
     rows = read_jsonl(run / "metrics.jsonl")
-    assert sorted(by_step(rows, "policy/grad_norm")) == [1, 2]
+    assert sorted(by_step(rows, "policy/grad_norm")) == [1, 2] and 2 in by_step(rows, "policy/ref_kl")
     assert sorted(by_step(rows, "eval/accuracy_flexible")) == [0, 2]  # eval sharded over both ranks
     assert by_step(rows, "rollout/samples") == {1: 8.0, 2: 8.0}  # 2 prompts x 4 over the two ranks
     assert (run / "checkpoints/step_000002/zero").is_dir()  # DeepSpeed's shards of weights and Adam state
@@ -32,7 +34,7 @@ def test_cpu_zero3_trains_saves_and_resumes(tmp_path):
     assert trained.keys() == base.keys() - {"lm_head.weight"}
     assert any((trained[k] != base[k]).any() for k in trained), "two steps left the weights unchanged"
 
-    proc = rltool("train", *ZERO3_TINY, "trainer.max_steps=3", f"resume={run}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    proc = rltool("train", *ZERO3_TINY, *extra, "trainer.max_steps=3", f"resume={run}", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert "resumed from" in proc.stdout and "step_000002" in proc.stdout
     assert 3 in by_step(read_jsonl(run / "metrics.jsonl"), "policy/grad_norm")
 
