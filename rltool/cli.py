@@ -122,10 +122,9 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
 def run_launched(config: Config) -> dict[str, float]:
     """This command again under `accelerate launch`, writing into this run's directory; returns the
     final eval metrics the ranks logged (a multirun tables them)."""
-    from rltool.metrics import read_metrics
-
     from rltool.actors.embedded import resolve_model_path
     from rltool.hardware import resolve_hardware
+    from rltool.metrics import read_metrics
     from rltool.plan import Shape, device_memory, memory_plan
 
     # Before any rank starts: fill the embedded-model cache once, refuse what cannot fit in one line.

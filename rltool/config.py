@@ -239,14 +239,15 @@ class HardwareConfig:
     dtype: str = "auto"
     """auto (bfloat16 on cuda, float32 on cpu: bf16 is 4x slower without AVX-512) | float32 | bfloat16."""
     num_processes: int = 1
-    """Training ranks in all (accelerate's --num_processes): > 1 runs DeepSpeed ZeRO-3, each rank with
-    its own vLLM engine. `rltool train` re-launches itself under `accelerate launch` when it is > 1."""
+    """Training ranks in all machines (accelerate's --num_processes); > 1 needs zero_stage=3. Each rank
+    has its own vLLM engine."""
     num_machines: int = 1
     machine_rank: int = 0
     main_process_ip: str = "127.0.0.1"
     main_process_port: int = 29500
     zero_stage: int = 0
-    """0: one process, plain PyTorch; 3: DeepSpeed ZeRO-3 through accelerate (needs num_processes > 1)."""
+    """0: one process, plain PyTorch; 3: DeepSpeed ZeRO-3: `rltool train` re-launches itself under
+    `accelerate launch --config_file zero3.yaml` with num_processes ranks."""
     offload_optimizer: bool = False
     """ZeRO-3: keep Adam's state in CPU memory (DeepSpeed offload_optimizer); frees GPU memory for long batches."""
     offload_param: bool = False

@@ -7,6 +7,8 @@ started them.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -65,8 +67,6 @@ def broadcast(obj):
 
 def local_main_first(fn):
     """fn() on each machine's first rank, then on the others (e.g. filling a per-machine cache)."""
-    import os
-
     if world_size() == 1:
         return fn()
     first = os.environ.get("LOCAL_RANK", "0") == "0"

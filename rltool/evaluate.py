@@ -39,7 +39,7 @@ def evaluate(engine, tokenizer, env, cfg: Config) -> tuple[dict[str, float], lis
     return metrics, rows
 
 
-def pass_at_n(engine, prompts, examples, cfg: Config) -> float:
+def pass_at_n(engine, prompts, examples, cfg: Config) -> int:
     """How many problems have at least one of eval.n samples correct under the success reward."""
     sampled = engine.generate(prompts, Sampling(n=cfg.eval.n, temperature=cfg.eval.temperature,
                                                 max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed))

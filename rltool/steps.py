@@ -86,7 +86,7 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     padding = []
     if passes > len(micro):
         padding = [(live if micro else batch).select(torch.tensor([0])).trimmed().to(model.device)] * (passes - len(micro))
-    # Step totals over every rank (DAPO's global token mean); see agg_loss for the world-size factor.
+    # Step totals over every rank (DAPO's global token mean); DeepSpeed averages over ranks: parallel.loss_scale.
     rl_counts = dict(num_seqs=dist.sum_over_ranks(float(rl_mask.any(-1).sum())),
                      num_tokens=dist.sum_over_ranks(float(rl_mask.sum())),
                      max_len=cfg.rollout.max_new_tokens, num_micro=len(micro))
