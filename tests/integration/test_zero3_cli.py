@@ -59,9 +59,12 @@ def test_two_machines_on_loopback(tmp_path):
     assert (run / "final/model.safetensors").is_file()
 
 
-def test_multirun_job_under_zero3(tmp_path):
-    # each job of a sweep gets its own `accelerate launch`; its final eval comes back to the summary table
-    rltool("train", "-m", *ZERO3_TINY, "trainer.max_steps=1", "seed=3", f"hydra.sweep.dir={tmp_path}")
+def test_multirun_erl_job_under_zero3(tmp_path):
+    # each job of a sweep gets its own `accelerate launch`; its final eval comes back to the summary table.
+    # ERL owns its rollout (attempt, gated reflection, retry): each rank runs it on its own prompts.
+    rltool("train", "-m", *ZERO3_TINY, "algo=erl", "trainer.max_steps=1", "seed=3", f"hydra.sweep.dir={tmp_path}")
     (row,) = list(csv.DictReader((tmp_path / "multirun_summary.csv").open()))
     assert row["status"] == "ok" and 0.0 <= float(row["eval/accuracy_flexible"]) <= 1.0
     assert (tmp_path / row["run_dir"] / "final" / "model.safetensors").is_file()
+    (step,) = [r for r in read_jsonl(tmp_path / row["run_dir"] / "metrics.jsonl") if "erl/gated_frac" in r]
+    assert step["rollout/samples"] > 8  # attempts on both ranks plus reflections / retries
