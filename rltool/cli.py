@@ -101,7 +101,7 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
     if not config.output_dir:
         config.output_dir = HydraConfig.get().runtime.output_dir
     if command == "validate":
-        print(OmegaConf.to_yaml(cfg))
+        print(OmegaConf.to_yaml(cfg, resolve=True))  # the values the run would use
         print("rltool: config OK", file=sys.stderr)
         return None
     # vLLM must run in-process (colocated with the trainer); set before vllm is imported.

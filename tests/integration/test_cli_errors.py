@@ -74,3 +74,10 @@ def test_help_lists_groups():
     proc = rltool("train", "--help", timeout=120)
     for group in ("algo:", "env:", "actors:", "reward:", "hardware:"):
         assert group in proc.stdout
+
+
+@pytest.mark.parametrize("overrides,batch", [(["hardware=cpu"], 4), (["hardware=cpu_zero3"], 4),
+                                             (["hardware=cpu_zero3", "hardware.num_processes=6"], 6)])
+def test_cpu_profiles_validate_with_a_dividing_batch(overrides, batch):
+    proc = rltool("validate", *overrides, timeout=120)
+    assert f"prompts_per_step: {batch}\n" in proc.stdout  # ${multiple_of:4,${hardware.num_processes}}
