@@ -14,11 +14,12 @@ from rltool.samples import Sample
 class Batch:
     input_ids: Tensor  # (B, P+T) prompts left-padded, completions right-padded
     attention_mask: Tensor  # (B, P+T)
-    mask: Tensor  # (B, T) 1 on completion tokens
-    adv: Tensor  # (B,)
+    mask: Tensor  # (B, T) 1 on the completion tokens the actor generated (its trained tokens)
+    adv: Tensor  # (B, T) per-token advantages (an outcome advantage is broadcast over the row's mask)
     loss_weight: Tensor  # (B,)
     sft_weight: Tensor  # (B,)
     sample_logp: Tensor  # (B, T) the engine's log-probs of the sampled tokens
+    on_policy: Tensor  # (B,) bool: sample_logp is this row's behaviour policy (False for relabelled rows)
     prompt_width: int
     old_logp: Optional[Tensor] = None  # (B, T) filled before the updates when iterations > 1
     ref_logp: Optional[Tensor] = None  # (B, T) filled when a KL term is on
@@ -47,7 +48,7 @@ class Batch:
         completion): a micro-batch of short rows then costs only its own width."""
         P = self.prompt_width
         left = int((P - self.attention_mask[:, :P].sum(-1)).min())  # padding shared by every prompt
-        T = max(int(self.mask.sum(-1).max()), 1)  # the longest completion
+        T = max(int(self.attention_mask[:, P:].sum(-1).max()), 1)  # the longest completion (masked tokens too)
         def trim(name: str, v: Tensor) -> Tensor:
             if v.dim() == 1:
                 return v
@@ -66,6 +67,13 @@ class Batch:
         return self.mask * (self.sft_weight > 0)[:, None]  # (B, T)
 
 
+def token_advantages(s: Sample) -> Tensor:
+    """(len(completion),) advantages of one sample: its per-token ones, or its outcome one broadcast."""
+    if s.token_adv is not None:
+        return torch.tensor(s.token_adv, dtype=torch.float)
+    return torch.full((len(s.completion_ids),), float(s.adv or 0.0))
+
+
 def collate(samples: list[Sample], pad_id: int) -> Batch:
     P = max(len(s.prompt_ids) for s in samples)
     T = max(max(len(s.completion_ids) for s in samples), 1)
@@ -74,17 +82,18 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
     attention_mask = torch.zeros(B, P + T, dtype=torch.long)
     mask = torch.zeros(B, T)
     sample_logp = torch.zeros(B, T)
+    adv = torch.zeros(B, T)
     for i, s in enumerate(samples):
         p, c = s.prompt_ids, s.completion_ids
         input_ids[i, P - len(p):P] = torch.tensor(p)
         input_ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
         attention_mask[i, P - len(p):P + len(c)] = 1
-        mask[i, :len(c)] = 1
-        sample_logp[i, :len(c)] = torch.tensor(s.sample_logp[:len(c)])
+        mask[i, :len(c)] = torch.tensor(s.completion_mask, dtype=torch.float) if s.completion_mask else 1
+        sample_logp[i, :len(c)] = torch.tensor(s.sample_logp[:len(c)]) * mask[i, :len(c)]
+        adv[i, :len(c)] = token_advantages(s) * mask[i, :len(c)]
     return Batch(
-        input_ids=input_ids, attention_mask=attention_mask, mask=mask,
-        adv=torch.tensor([s.adv or 0.0 for s in samples]),
+        input_ids=input_ids, attention_mask=attention_mask, mask=mask, adv=adv,
         loss_weight=torch.tensor([s.loss_weight for s in samples]),
         sft_weight=torch.tensor([s.sft_weight for s in samples]),
-        sample_logp=sample_logp, prompt_width=P,
+        sample_logp=sample_logp, on_policy=torch.tensor([not s.relabelled for s in samples]), prompt_width=P,
     )

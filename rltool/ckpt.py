@@ -146,6 +146,17 @@ def resolve_checkpoint(path: str) -> Path:
     raise FileNotFoundError(f"resume={path}: no checkpoints/latest found; {EXPECTED}")
 
 
+def check_resumable(path: str, zero3: bool) -> Path:
+    """`resolve_checkpoint`, plus: a ZeRO-3 checkpoint (DeepSpeed shards in zero/) resumes only under
+    ZeRO-3, a single-process one (optimizer.pt) only in one process. Raises FileNotFoundError."""
+    ckpt = resolve_checkpoint(path)
+    if (ckpt / ZERO).is_dir() != zero3:
+        saved, now = ("ZeRO-3", "one process") if (ckpt / ZERO).is_dir() else ("one process", "ZeRO-3")
+        raise FileNotFoundError(f"resume={path}: saved by a {saved} run, resumed as {now}; resume with the hardware "
+                                f"profile it was saved with (its model/ loads anywhere as actors.path)")
+    return ckpt
+
+
 def load_trainer_state(ckpt: Path) -> dict:
     """The dict passed to `save_checkpoint`.
 
@@ -159,15 +170,9 @@ def load_optimizer(ckpt: Path, optimizer, model=None) -> None:
     """Restore optimizer state in place. `load_state_dict` moves tensors to each param's device.
     Under ZeRO-3, DeepSpeed restores each rank's shard of the parameters and of Adam's state."""
     if parallel.is_deepspeed(model):
-        if not (Path(ckpt) / ZERO).is_dir():
-            raise FileNotFoundError(f"resume={ckpt}: no {ZERO}/ (DeepSpeed state); it was saved by a single-process "
-                                    "run, which resumes with hardware.zero_stage=0")
         model.load_checkpoint(str(Path(ckpt) / ZERO), tag=ZERO_TAG, load_optimizer_states=True,
                               load_lr_scheduler_states=False)
         return
-    if not (Path(ckpt) / "optimizer.pt").is_file():
-        raise FileNotFoundError(f"resume={ckpt}: no optimizer.pt; it was saved under ZeRO-3, which resumes with "
-                                "the same hardware profile")
     optimizer.load_state_dict(torch.load(Path(ckpt) / "optimizer.pt", map_location="cpu", weights_only=True))
 
 

@@ -17,10 +17,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rltool import launch
 from rltool.config import Config, ConfigError, register_configs
+from rltool.loops import LOOPS
 from rltool.sweep import run_job
 
 COMMANDS = ("train", "eval", "validate")
-USAGE = "usage: rltool {train,eval,validate} [key=value ...] [-m] [--help]"
+USAGE = "usage: rltool {train,eval,validate} [key=value ...] [-m] [-v] [--help]"
+VERBOSE = False
+"""-v / --verbose: engine, DeepSpeed and library logs on the console too (they always go to <run_dir>/logs/)."""
 
 
 def conf_dir() -> str:
@@ -30,21 +33,40 @@ def conf_dir() -> str:
 
 
 def to_config(cfg: DictConfig) -> Config:
-    """Typed Config with every __post_init__ check run, plus registry-name checks; raises ConfigError."""
-    from rltool.envs import validate_env_config
-    from rltool.rewards.score import validate_reward_config
-
+    """Typed Config with every __post_init__ check run, plus its training loop's checks; raises ConfigError."""
     try:
         config: Config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:  # OmegaConf wraps exceptions raised in __post_init__
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
         raise cause or ConfigError(str(e).splitlines()[0]) from None
+    if config.algo.loop not in LOOPS:
+        raise ConfigError(f"algo.loop={config.algo.loop!r}: unknown; valid: {', '.join(LOOPS.names())}")
+    LOOPS[config.algo.loop].check(config)  # lm: check_lm_config below; ppo: rltool/loops.py
+    check_resume(config)
+    return config
+
+
+def check_lm_config(config: Config) -> None:
+    """The language-model loop's checks: environment, reward, registries, device, model path."""
+    from rltool.envs import validate_env_config
+    from rltool.rewards.score import env_columns, validate_reward_config
+
     validate_env_config(config.env)
-    validate_reward_config(config.reward)
+    validate_reward_config(config.reward, env_columns(config.env))  # imports reward.module first
     check_registries(config)
     check_device(config)
     check_model_path(config.actors.path)
-    return config
+
+
+def check_resume(config: Config) -> None:
+    """resume= names a checkpoint this run can continue (found, and saved with the same kind of launch)."""
+    from rltool.ckpt import check_resumable
+
+    if config.resume:
+        try:
+            check_resumable(config.resume, zero3=config.hardware.zero_stage == 3)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
 
 
 def check_registries(config: Config) -> None:
@@ -111,12 +133,28 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
     if command == "train":
         if launch.needs_launch(config.hardware):  # hardware=cpu_zero3|gpu8|multinode: accelerate starts the ranks
             return run_launched(config)
-        from rltool.train import train
-
-        return train(config)
+        with routed_logs(config):  # library and engine logs -> <run_dir>/logs/rank<r>.log
+            return LOOPS[config.algo.loop].train(config)
+    if config.algo.loop != "lm":
+        raise ConfigError(f"algo.loop={config.algo.loop!r}: rltool eval evaluates language models; an encoder agent "
+                          "is evaluated during training and at its end (eval/* in metrics.jsonl)")
     from rltool.evaluate import evaluate_main
 
-    return evaluate_main(config)
+    with routed_logs(config):
+        return evaluate_main(config)
+
+
+def routed_logs(config: Config):
+    """rltool.logs.routed_logs for this process: the run's directory (on resume, the run it continues,
+    which train() writes into), this rank's file; `-v` / hydra.verbose keep everything on the console too."""
+    from rltool.logs import routed_logs as routed
+
+    run_dir = config.output_dir
+    if config.resume and config.algo.loop == "lm":
+        from rltool.ckpt import resolve_checkpoint
+
+        run_dir = resolve_checkpoint(config.resume).parent.parent
+    return routed(run_dir, int(os.environ.get("RANK", "0")), VERBOSE or bool(HydraConfig.get().verbose))
 
 
 def run_launched(config: Config) -> dict[str, float]:
@@ -133,7 +171,7 @@ def run_launched(config: Config) -> dict[str, float]:
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "output_dir="))]
     run_dir = config.output_dir.replace("\\", "\\\\").replace("'", "\\'")  # a sweep's job dirs hold '=' and ','
-    rc = launch.run(config.hardware, ["train", *overrides, f"hydra.run.dir='{run_dir}'"])
+    rc = launch.run(config.hardware, ["train", *(["-v"] if VERBOSE else []), *overrides, f"hydra.run.dir='{run_dir}'"])
     if rc and hc.mode != RunMode.MULTIRUN:  # the ranks printed what went wrong
         sys.exit(rc)
     if rc:
@@ -148,6 +186,9 @@ def main() -> None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     command = sys.argv.pop(1)
+    global VERBOSE
+    VERBOSE = any(a in ("-v", "--verbose") for a in sys.argv[1:])  # Hydra's parser does not know it
+    sys.argv = [a for a in sys.argv if a not in ("-v", "--verbose")]
     register_configs()
     sys.argv[0] = f"rltool {command}"
 

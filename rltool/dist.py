@@ -75,6 +75,15 @@ def local_main_first(fn):
     return result if first else fn()
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order, on every rank (ERL's new lessons of a step)."""
+    if world_size() == 1:
+        return [obj]
+    every = [None] * world_size()
+    dist.all_gather_object(every, obj)
+    return every
+
+
 def combine_metrics(metrics: dict[str, float], summed: tuple[str, ...] = ()) -> dict[str, float]:
     """One step's metrics over every rank: keys in `summed` added up, the rest averaged over the
     ranks that logged them (a rank whose micro-batches were all padding logs no loss parts)."""

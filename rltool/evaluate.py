@@ -9,7 +9,7 @@ from rltool import dist
 from rltool.config import Config
 from rltool.rewards.registry import REWARDS, call_reward
 from rltool.rollout.engine import Sampling
-from rltool.rollout.prompts import encode_chat
+from rltool.rollout.prompts import encode_chat, fitting_examples
 
 ACCURACY = {"accuracy_strict": "gsm8k_strict", "accuracy_flexible": "gsm8k_flexible",
             "accuracy_math_verify": "math_verify", "format_rate": "format"}
@@ -17,7 +17,9 @@ ACCURACY = {"accuracy_strict": "gsm8k_strict", "accuracy_flexible": "gsm8k_flexi
 
 def evaluate(engine, tokenizer, env, cfg: Config) -> tuple[dict[str, float], list[dict]]:
     """Metrics over every held-out problem; each rank generates for its share (rows: this rank's)."""
-    held_out = env.eval_examples()[: cfg.eval.size or None]
+    # Prompts longer than rollout.max_prompt_len are left out (never cut) and counted in eval/skipped_long.
+    held_out, too_long = fitting_examples(env.eval_examples()[: cfg.eval.size or None], env.messages, tokenizer,
+                                          cfg.rollout.max_prompt_len)
     examples = held_out[dist.rank()::dist.world_size()]
     prompts = [encode_chat(tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
     greedy = engine.generate(prompts, Sampling(greedy=True, max_new_tokens=cfg.eval.max_new_tokens))
@@ -31,9 +33,10 @@ def evaluate(engine, tokenizer, env, cfg: Config) -> tuple[dict[str, float], lis
             totals[key] += row[key]
         length += len(c.token_ids)
         rows.append(row)
-    n = len(held_out)
+    n = max(len(held_out), 1)
     metrics = {f"eval/{k}": dist.sum_over_ranks(v) / n for k, v in totals.items()}
     metrics["eval/len"] = dist.sum_over_ranks(length) / n
+    metrics["eval/skipped_long"] = float(too_long)
     if cfg.eval.n > 1:
         metrics[f"eval/pass@{cfg.eval.n}"] = dist.sum_over_ranks(pass_at_n(engine, prompts, examples, cfg)) / n
     return metrics, rows

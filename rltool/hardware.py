@@ -28,6 +28,5 @@ def resolve_hardware(cfg: HardwareConfig) -> Hardware:
         torch.set_num_threads(cfg.threads)
     if device == "cuda" and dist.world_size() > 1:  # one GPU per rank of this machine
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    # Inside a launched run the launcher's world counts; before launching, the profile's.
-    ranks = dist.world_size() if dist.world_size() > 1 else cfg.num_processes
-    return Hardware(device=device, dtype=dtype, num_processes=ranks, cfg=cfg)
+    # Inside a launched run the CLI has set num_processes to the launcher's world size.
+    return Hardware(device=device, dtype=dtype, num_processes=cfg.num_processes, cfg=cfg)

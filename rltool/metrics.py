@@ -1,4 +1,4 @@
-"""Where metrics go: metrics.jsonl (always), wandb (optional), and a progress line for humans.
+"""Where metrics go: metrics.jsonl (always), wandb and TensorBoard (optional), and a progress line for humans.
 
 metrics.jsonl is the source of truth: plots and README tables are built from it, so a run is
 fully inspectable without wandb. Only the main process constructs these with enabled=True.
@@ -24,26 +24,34 @@ def _scalar(v):
 
 
 class MetricsLog:
-    """Appends `{"step": step, **metrics}` lines to run_dir/metrics.jsonl and mirrors them to wandb.
+    """Appends `{"step": step, **metrics}` lines to run_dir/metrics.jsonl and mirrors them to the
+    loggers named in `logger` (trainer.logger): wandb, and TensorBoard event files in run_dir/tb/
+    under the same namespaced keys.
 
     The file is opened in append mode, so a resumed run continues the same file; `read_metrics`
-    merges repeated steps. wandb takes its mode from WANDB_MODE itself (offline needs no network).
+    merges repeated steps (TensorBoard shows both values of a step logged twice). wandb takes its
+    mode from WANDB_MODE itself (offline needs no network).
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool, logger: str = "none", config: dict | None = None,
+    def __init__(self, run_dir: Path, *, enabled: bool, logger: str | list[str] = "none", config: dict | None = None,
                  run_name: str = ""):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
-        self._run = None
+        self._run = self._tb = None
         if not enabled:
             return
+        loggers = [logger] if isinstance(logger, str) else list(logger)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._samples = open(self.run_dir / "samples.jsonl", "a")
-        if logger == "wandb":
+        if "wandb" in loggers:
             import wandb  # lazy: slow to import and unused by most runs
 
             self._run = wandb.init(project="rltool", dir=str(self.run_dir), config=config, name=run_name or None)
+        if "tensorboard" in loggers:
+            from torch.utils.tensorboard import SummaryWriter  # lazy, as wandb
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -53,6 +61,11 @@ class MetricsLog:
         self._metrics.flush()  # a killed run still has every finished step on disk
         if self._run is not None:
             self._run.log(row, step=step)
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()  # as metrics.jsonl: a killed run keeps its finished steps
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         """A few decoded rollouts per step; keys are free-form (prompt, completion, reward, ...)."""
@@ -82,6 +95,9 @@ class MetricsLog:
         if self._run is not None:
             self._run.finish()
             self._run = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def __enter__(self) -> "MetricsLog":
         return self

@@ -22,7 +22,8 @@ from rltool.config import Config, ConfigError
 
 def start(cfg: Config):
     """The Accelerator of a launched run (None for one plain process). Its DeepSpeed config is
-    completed from rltool's config before anything is prepared."""
+    completed from rltool's config before anything is prepared. The CLI has already set
+    hardware.num_processes to the launcher's world size (and checked the batch divides over it)."""
     from rltool.hardware import resolve_hardware
     from rltool.launch import launched
 
@@ -36,10 +37,6 @@ def start(cfg: Config):
         raise ConfigError("accelerate launch: rltool trains several ranks with DeepSpeed ZeRO-3 only; "
                           "launch with --config_file zero3.yaml (or run `rltool train hardware=cpu_zero3|gpu8`)")
     world = dist.world_size()  # accelerate reports num_processes=1 for DeepSpeed on CPU: torch.distributed knows
-    if cfg.trainer.prompts_per_step % world:
-        raise ConfigError(f"trainer.prompts_per_step={cfg.trainer.prompts_per_step}: must be divisible by the "
-                          f"{world} launched ranks (each rank rolls out whole groups)")
-    cfg.hardware.num_processes, cfg.hardware.zero_stage = world, 3  # the launcher's world is the one that trains
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     if ds.get("zero_optimization", {}).get("stage") != 3:
         raise ConfigError(f"accelerate config: zero_stage={ds.get('zero_optimization', {}).get('stage')}; "

@@ -100,7 +100,7 @@ def memory_plan(cfg: Config, hw, shape: Shape, device_bytes: int) -> tuple[str, 
         "grads": trainable * b / shard,
         "optimizer": trainable * (8 + (4 if b == 2 else 0)) / shard,  # Adam m, v in fp32 (+ fp32 master for bf16)
         "activations": tokens * shape.layers * per_token_layer,
-        "logits": cfg.trainer.micro_batch_size * cfg.rollout.max_new_tokens * shape.vocab * 4 * 3,  # fp32 logits, softmax, grad
+        "logits": logits_bytes(cfg, shape),
         "reference": P * b / shard if cfg.algo.kl_coef > 0 and not lora_r else 0,  # LoRA: adapter off, no copy
         "engine": (cfg.hardware.vllm_kv_cache_gib * GIB + P * b if hw.device == "cpu"  # KV space + vLLM's weights
                    else cfg.hardware.vllm_gpu_memory_utilization * device_bytes) if cfg.rollout.engine == "vllm" else 0,
@@ -125,6 +125,17 @@ def memory_plan(cfg: Config, hw, shape: Shape, device_bytes: int) -> tuple[str, 
         line += ("\n  warning: worst-case activations may not fit; lower trainer.micro_batch_size or "
                  "rollout.max_new_tokens, or set actors.gradient_checkpointing=true")
     return line, gib
+
+
+def logits_bytes(cfg: Config, shape: Shape) -> int:
+    """The update phase's logit-sized tensors: fp32 logits, softmax and their gradient (3 copies) of every
+    completion token of a micro-batch on the plain path; of one chunk on the chunked path, plus the fp32
+    (V, H) buffer its backward accumulates the head's gradient in."""
+    t = cfg.trainer
+    tokens = t.micro_batch_size * cfg.rollout.max_new_tokens
+    if t.logprob_impl == "chunked":
+        return min(t.logprob_chunk_size, tokens) * shape.vocab * 4 * 3 + shape.vocab * shape.hidden * 4
+    return tokens * shape.vocab * 4 * 3
 
 
 def device_memory(device: str) -> int:

@@ -19,7 +19,11 @@ class Completion:
 
 @dataclass
 class Sample:
-    """One trajectory the policy is trained on.
+    """One trajectory an actor is trained on: a prompt, then every token that followed it.
+
+    Single-turn: the completion is the actor's answer. Multi-turn: the completion holds every later
+    turn (the actor's own, other actors', user and tool messages, as chat-template tokens), and
+    `completion_mask` marks the actor's own generated tokens, the only ones it is trained on.
 
     `group` ids are unique per step across ranks: advantages are computed within a group.
     `reward=None` means the reward could not be computed: excluded from its group's baseline,
@@ -45,5 +49,17 @@ class Sample:
     update: int = 0
     """Samples with different `update` are optimised in separate passes, in increasing order."""
     adv: Optional[float] = None
-    """Filled by the advantage phase."""
+    """Filled by the advantage phase (an outcome advantage, broadcast over the trained tokens)."""
+    completion_mask: Optional[list[int]] = None
+    """Per completion token: 1 where this actor generated it (trained), 0 elsewhere; None: all 1."""
+    token_adv: Optional[list[float]] = None
+    """Per completion token advantages preset by the rollout (step rewards, GAE); None: `adv` broadcast."""
+    actor: str = "policy"
+    """The actor this trajectory trains."""
+    first_attempt: bool = True
+    """Counts in reward/mean and reward/success: an answer to the task as posed (ERL's reflections,
+    retries and distill pairs are not, so those metrics stay comparable across algorithms)."""
+    relabelled: bool = False
+    """The completion was sampled under another prompt (ERL's distill pairs re-use a retry): its
+    `sample_logp` is not this row's behaviour policy, so no mismatch correction applies to it."""
     info: dict = field(default_factory=dict)

@@ -10,10 +10,10 @@ import torch
 from rltool import dist, parallel
 from rltool.actors.logprobs import completion_logp
 from rltool.algos.advantages import ADVANTAGES
-from rltool.algos.kl import KL_ESTIMATORS
-from rltool.algos.losses import POLICY_LOSSES, LossParams, agg_loss, masked_mean, sft_loss
+from rltool.algos.kl import KL_ESTIMATORS, kl_importance_ratio
+from rltool.algos.losses import POLICY_LOSSES, LossParams, StepCounts, agg_loss, masked_mean, sft_loss
 from rltool.algos.mismatch import mismatch_weights
-from rltool.batch import Batch
+from rltool.batch import Batch, token_advantages
 from rltool.config import Config
 from rltool.samples import Sample
 
@@ -22,10 +22,12 @@ from rltool.samples import Sample
 def logp_no_grad(model, batch: Batch, cfg: Config) -> torch.Tensor:
     T = batch.mask.shape[1]
     micro = [m.trimmed() for m in batch.split(cfg.trainer.micro_batch_size)]
-    parts = [completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width, cfg.rollout.temperature)[0]
+    parts = [completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width, cfg.rollout.temperature,
+                             impl=cfg.trainer.logprob_impl, chunk_size=cfg.trainer.logprob_chunk_size)[0]
              for mb in micro]
     for _ in range(parallel.forward_count(len(micro), model) - len(micro)):  # ZeRO-3: forwards are collective
-        completion_logp(model, micro[0].input_ids, micro[0].attention_mask, micro[0].prompt_width, 1.0)
+        completion_logp(model, micro[0].input_ids, micro[0].attention_mask, micro[0].prompt_width, 1.0,
+                        impl=cfg.trainer.logprob_impl, chunk_size=cfg.trainer.logprob_chunk_size)
     return torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1])) for p in parts])  # (B, T), batch's device
 
 
@@ -40,7 +42,8 @@ def compute_logprobs(model, ref_model, batch: Batch, cfg: Config) -> Batch:
 
 
 def compute_advantages(samples: list[Sample], batch: Batch, cfg: Config) -> None:
-    """Fills `Sample.adv` (unless the rollout preset it) and `batch.adv`.
+    """Fills `Sample.adv` (unless the rollout preset it, or set per-token advantages) and `batch.adv`
+    (B, T): each row's outcome advantage broadcast over its trained tokens, or its per-token ones.
 
     KL in the reward (`kl_placement=reward`) subtracts kl_coef * sum_t KL_t from each reward first.
     """
@@ -55,9 +58,10 @@ def compute_advantages(samples: list[Sample], batch: Batch, cfg: Config) -> None
     (all_rewards, offset), (all_groups, _), (all_valid, _) = (dist.gather_cat(x) for x in (rewards, groups, valid))
     adv = ADVANTAGES[a.advantage](all_rewards, all_groups, all_valid)[offset:offset + len(samples)]  # (B,)
     for i, s in enumerate(samples):
-        if s.adv is None:
+        if s.adv is None and s.token_adv is None:
             s.adv = float(adv[i])
-    batch.adv = torch.tensor([s.adv for s in samples])
+    batch.adv = torch.nn.utils.rnn.pad_sequence([token_advantages(s) for s in samples], batch_first=True,
+                                                 padding_value=0.0)[:, :batch.mask.shape[1]] * batch.mask  # (B, T)
 
 
 def split_updates(samples: list[Sample], batch: Batch) -> list[Batch]:
@@ -70,11 +74,13 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     """One optimizer step over the whole batch, accumulated over micro-batches.
 
     Normalisers (sequence and token counts) are totals over the step, so the summed micro-batch
-    losses equal the configured aggregation of the full batch (agg_loss's contract).
+    losses equal the configured aggregation of the full batch (agg_loss's contract). The loss is
+        agg(policy * TIS * loss_weight) + kl_coef * agg(KL [* pi/pi_old]) + agg(sft_weight * NLL at T=1)
+    TIS (mismatch correction) reweights the policy term only: KL and SFT are not sampled estimates
+    of the policy gradient, and relabelled rows (ERL distill) have no behaviour policy to correct for.
     """
     a, t = cfg.algo, cfg.trainer
     params = LossParams(eps_low=a.clip_eps_low, eps_high=a.clip_eps_high, ratio_level=a.ratio_level)
-    rl_mask, sft_mask = batch.rl_mask, batch.sft_mask
     kl_in_loss = batch.ref_logp is not None and a.kl_placement == "loss"
     # Normalisers count the whole batch; rows that cannot move the gradient are then left out of the
     # forward/backward (bnpo's per-micro-batch mean depends on the split, so it keeps every row).
@@ -86,12 +92,7 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     padding = []
     if passes > len(micro):
         padding = [(live if micro else batch).select(torch.tensor([0])).trimmed().to(model.device)] * (passes - len(micro))
-    # Step totals over every rank (DAPO's global token mean); DeepSpeed averages over ranks: parallel.loss_scale.
-    rl_counts = dict(num_seqs=dist.sum_over_ranks(float(rl_mask.any(-1).sum())),
-                     num_tokens=dist.sum_over_ranks(float(rl_mask.sum())),
-                     max_len=cfg.rollout.max_new_tokens, num_micro=len(micro))
-    sft_counts = dict(rl_counts, num_seqs=dist.sum_over_ranks(float(sft_mask.any(-1).sum())),
-                      num_tokens=dist.sum_over_ranks(float(sft_mask.sum())))
+    rl_counts, sft_counts = step_counts(batch, len(micro), cfg.rollout.max_new_tokens)
     totals: dict[str, torch.Tensor] = {"update/rows": torch.tensor(float(len(live)))}
 
     parallel.zero_grad(model, optimizer)
@@ -101,29 +102,37 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
                 p.grad = torch.zeros_like(p)
     scale = parallel.loss_scale(model)
     for i, mb in enumerate(micro + padding):
-        logp, entropy = completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width,
-                                        cfg.rollout.temperature, with_entropy=True)  # (b, T)
+        out = completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width, cfg.rollout.temperature,
+                              with_entropy=True, with_t1=bool(mb.sft_mask.any()), impl=cfg.trainer.logprob_impl,
+                              chunk_size=cfg.trainer.logprob_chunk_size)  # (b, T) each
+        logp = out.logp
         old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()
         token_loss, m = POLICY_LOSSES[a.loss](logp, old_logp, mb.adv, mb.rl_mask, params)  # (b, T)
         # TIS: the samples came from the engine's pi, not the trainer's pi_old; reweight per token/sequence.
-        tis, tis_m = mismatch_weights(old_logp, mb.sample_logp, mb.rl_mask, a.mismatch_level, a.mismatch_mode,
+        engine_mask = mb.rl_mask * mb.on_policy[:, None]  # (b, T): relabelled rows have no behaviour policy
+        tis, tis_m = mismatch_weights(old_logp, mb.sample_logp, engine_mask, a.mismatch_level, a.mismatch_mode,
                                       a.mismatch_cap)  # (b, T)
+        tis = torch.where(mb.on_policy[:, None], tis, torch.ones_like(tis))
         m |= tis_m
-        loss = agg_loss(token_loss * tis * mb.loss_weight[:, None], mb.rl_mask, a.agg, **rl_counts)
+        loss = agg_loss(token_loss * tis * mb.loss_weight[:, None], mb.rl_mask, a.agg, rl_counts)
         m["loss/policy"] = loss.detach()
         if kl_in_loss:
-            kl = agg_loss(KL_ESTIMATORS[a.kl_estimator](logp, mb.ref_logp), mb.rl_mask, a.agg, **rl_counts)
+            kl_tok = KL_ESTIMATORS[a.kl_estimator](logp, mb.ref_logp)  # (b, T)
+            if a.kl_is_correction:  # the tokens came from pi_old: E_old[pi/pi_old * k] (TRL's bias correction)
+                kl_tok = kl_tok * kl_importance_ratio(logp, old_logp, mb.rl_mask, a.ratio_level)
+            kl = agg_loss(kl_tok, mb.rl_mask, a.agg, rl_counts)
             loss = loss + a.kl_coef * kl
             m["loss/kl"] = kl.detach()
-        if mb.sft_mask.any():
-            sft = agg_loss(sft_loss(logp) * mb.sft_weight[:, None], mb.sft_mask, a.agg, **sft_counts)
+        if out.logp_t1 is not None:  # internalization trains pi itself: temperature 1, not the sampler's
+            sft = agg_loss(sft_loss(out.logp_t1) * mb.sft_weight[:, None], mb.sft_mask, a.agg, sft_counts)
             loss = loss + sft
             m["loss/sft"] = sft.detach()
         if mb.ref_logp is not None:
             m["policy/ref_kl"] = masked_mean(KL_ESTIMATORS["k3"](logp.detach(), mb.ref_logp), mb.mask)
-        m["policy/entropy"] = masked_mean(entropy, mb.mask)
+        # Only the rows that carry gradient run this forward (see `contributing_rows`): the name says so.
+        m["policy/entropy_trained"] = masked_mean(out.entropy, mb.mask)
         # KL(engine || trainer) on the sampled tokens: the rollout/training mismatch (vLLM vs HF kernels).
-        m["policy/mismatch_kl"] = masked_mean(KL_ESTIMATORS["k3"](mb.sample_logp, logp.detach()), mb.rl_mask)
+        m["policy/mismatch_kl"] = masked_mean(KL_ESTIMATORS["k3"](mb.sample_logp, logp.detach()), engine_mask)
         padded = i >= len(micro)
         parallel.backward(model, loss * (0.0 if padded else scale), last=i == passes - 1)
         if padded:
@@ -134,6 +143,19 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     return totals
 
 
+def step_counts(batch: Batch, num_micro: int, max_len: int) -> tuple[StepCounts, StepCounts]:
+    """Normalisers of the RL and SFT terms: totals over every rank (DeepSpeed averages gradients over
+    ranks, and parallel.loss_scale multiplies by the world size to turn that back into a sum)."""
+    rl_mask, sft_mask = batch.rl_mask, batch.sft_mask
+    total = lambda x: dist.sum_over_ranks(float(x))  # noqa: E731
+    rows, micro = total(len(batch)), int(total(num_micro))
+    rl = StepCounts(num_seqs=total(rl_mask.any(-1).sum()), num_rows=rows, num_tokens=total(rl_mask.sum()),
+                    max_len=max_len, num_micro=micro)
+    sft = StepCounts(num_seqs=total(sft_mask.any(-1).sum()), num_rows=rows, num_tokens=total(sft_mask.sum()),
+                     max_len=max_len, num_micro=micro)
+    return rl, sft
+
+
 def contributing_rows(batch: Batch, kl_in_loss: bool) -> torch.Tensor:
     """Indices of rows whose loss has a gradient: a non-zero advantage, an SFT target, or a KL term.
 
@@ -141,7 +163,7 @@ def contributing_rows(batch: Batch, kl_in_loss: bool) -> torch.Tensor:
     sparse rewards (most groups all-wrong) most of the batch is skipped at no change to the update.
     """
     rl_rows = batch.rl_mask.any(-1)  # (B,)
-    keep = (rl_rows & ((batch.adv != 0) | kl_in_loss)) | batch.sft_mask.any(-1)
+    keep = (rl_rows & ((batch.adv != 0).any(-1) | kl_in_loss)) | batch.sft_mask.any(-1)
     return keep.nonzero().squeeze(-1)
 
 
@@ -151,16 +173,21 @@ def by_length(batch: Batch, rows: torch.Tensor) -> torch.Tensor:
 
 
 def rollout_metrics(samples: list[Sample], batch: Batch) -> dict[str, float]:
-    scored = [s for s in samples if s.reward is not None and s.kind == "attempt"]  # comparable across algos
+    scored = [s for s in samples if s.reward is not None and s.first_attempt]  # comparable across algos
     lengths = batch.mask.sum(-1)  # (B,)
-    return {
+    parts: dict[str, list[float]] = {}  # each reward's raw value over the first attempts it could score
+    for s in samples:
+        for name, value in s.info.get("reward_parts", {}).items() if s.first_attempt else ():
+            if value is not None:
+                parts.setdefault(f"reward/{name}", []).append(value)
+    return {name: sum(v) / len(v) for name, v in parts.items()} | {
         "reward/mean": sum(s.reward for s in scored) / max(len(scored), 1),
         "reward/success": sum(s.success for s in scored) / max(len(scored), 1),
         "reward/unscored": float(sum(s.reward is None for s in samples)),
         "rollout/len": float(lengths.mean()),
         "rollout/truncated": sum(s.truncated for s in samples) / len(samples),
         "rollout/tokens": float(lengths.sum()),
-        # generated this step ("distill" samples re-use a retry's tokens): the budget ERL and GRPO are matched on
-        "rollout/gen_tokens": float(sum(len(s.completion_ids) for s in samples if s.kind != "distill")),
+        # generated this step (relabelled samples re-use another's tokens): the budget ERL and GRPO are matched on
+        "rollout/gen_tokens": float(sum(len(s.completion_ids) for s in samples if not s.relabelled)),
         "rollout/samples": float(len(samples)),
     }

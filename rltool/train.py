@@ -23,16 +23,19 @@ from rltool.actors.load import load_policy, load_reference, load_tokenizer
 from rltool.actors.lora import AdapterDisabled
 from rltool.algos.rollouts import ROLLOUTS, RolloutContext
 from rltool.batch import collate
-from rltool.config import Config
+from rltool.config import Config, ConfigError
 from rltool.data import PromptSampler
 from rltool.envs import make_env
 from rltool.evaluate import evaluate
 from rltool.hardware import resolve_hardware
+from rltool.logs import Tally
 from rltool.metrics import MetricsLog, PhaseTimer, Progress, peak_memory_gib
+from rltool.model_card import write_model_card
 from rltool.plan import Shape, batch_plan, device_memory, memory_plan
 from rltool.plot import plot_run
 from rltool.rewards.score import Scorer
 from rltool.rollout import make_engine, sync_weights
+from rltool.rollout.prompts import fitting_examples
 from rltool.steps import compute_advantages, compute_logprobs, optimize, rollout_metrics, split_updates
 
 
@@ -53,27 +56,33 @@ def train(cfg: Config) -> dict[str, float]:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     base_dir = dist.local_main_first(lambda: resolve_model_path(cfg.actors.path))  # one writer per machine's cache
-    plan = batch_plan(cfg, hw) + "\n" + memory_plan(cfg, hw, Shape.of(base_dir), device_memory(hw.device))[0]
+    model_dir = str(ckpt.model_dir(resume_from)) if resume_from else base_dir  # resume: weights from the checkpoint
+    tokenizer = load_tokenizer(model_dir)
+    env = make_env(cfg.env)
+    train_examples, too_long = prompts_that_fit(env, tokenizer, cfg)  # refuses a max_prompt_len most prompts exceed
+    plan = "\n".join([batch_plan(cfg, hw), f"  {len(train_examples)} training prompts ({too_long} left out: longer than "
+                      f"rollout.max_prompt_len={cfg.rollout.max_prompt_len} tokens)",
+                      memory_plan(cfg, hw, Shape.of(base_dir), device_memory(hw.device))[0]])
     if main:  # memory_plan above refuses what cannot fit, on every rank
         print(plan)
-    model_dir = str(ckpt.model_dir(resume_from)) if resume_from else base_dir  # resume: weights from the checkpoint
     # LoRA resume: base from actors.path + the checkpoint's adapter; vLLM starts from model_dir (merged).
     # ZeRO-3 resume: a fresh policy here, then DeepSpeed's own checkpoint restores weights and Adam state.
     model = load_policy(cfg.actors, hw.dtype, base_dir=base_dir, resume_from=None if accelerator else resume_from,
                         device=None if accelerator else hw.device, gradient_checkpointing=hw.cfg.gradient_checkpointing,
                         seed=cfg.seed)
-    tokenizer = load_tokenizer(model_dir)
     optimizer = parallel.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)  # LoRA: adapter only
     model, optimizer = parallel.prepare(accelerator, model, optimizer)
     ref_model = None
     if cfg.algo.kl_coef > 0:  # LoRA: the policy with its adapter off
         ref_model = load_reference(parallel.unwrap(model), base_dir, hw.dtype, None if accelerator else hw.device)
         ref_model = ref_model if isinstance(ref_model, AdapterDisabled) else parallel.prepare_frozen(accelerator, ref_model)
+    started = time.perf_counter()
     engine = make_engine(cfg, hw, model, tokenizer, model_dir)
+    if main:  # its own log lines are in <run_dir>/logs/ (rltool/logs.py)
+        print(f"engine: {cfg.rollout.engine} ready in {time.perf_counter() - started:.0f} s")
 
-    env = make_env(cfg.env)
     scorer = Scorer.from_config(cfg.reward, cfg.rollout.max_new_tokens)
-    sampler = PromptSampler(env.train_examples(), cfg.seed)
+    sampler = PromptSampler(train_examples, cfg.seed)
     rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, engine, tokenizer, env, scorer,
                                                         rank_share(sampler.draw), rank=dist.rank()))
 
@@ -92,7 +101,7 @@ def train(cfg: Config) -> dict[str, float]:
 
     log = MetricsLog(run_dir, enabled=main, logger=cfg.trainer.logger,
                      config=OmegaConf.to_container(OmegaConf.structured(cfg)), run_name=run_dir.name)
-    timer = PhaseTimer()
+    timer, tally = PhaseTimer(), Tally(enabled=main)
     eval_due = lambda s: cfg.eval.enabled and (s == 0 or s == cfg.trainer.max_steps or  # noqa: E731
                                                  (cfg.trainer.eval_every and s % cfg.trainer.eval_every == 0))
 
@@ -127,6 +136,7 @@ def train(cfg: Config) -> dict[str, float]:
             log.log_data_order(step + 1, list(dict.fromkeys(s.example_id for s in samples)))
             history.append({"step": step + 1, **metrics})
             progress.update(step + 1, metrics, phases)
+            tally.add_metrics(step + 1, metrics)  # e.g. unscored rewards: said once with a count, not every step
 
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
                 save(run_dir, step + 1, model, tokenizer, optimizer, scheduler, sampler, rollout, history, cfg)
@@ -136,8 +146,21 @@ def train(cfg: Config) -> dict[str, float]:
         final_dir = ckpt.save_final(run_dir, model, tokenizer)
     if main:
         plot_run(run_dir)
+        tally.summary(cfg.trainer.max_steps - start)
+        write_model_card(final_dir, run_dir, cfg, final_metrics)  # final/README.md, curves.png beside it
         print(f"done: {run_dir} (final model: {final_dir})")
     return final_metrics
+
+
+def prompts_that_fit(env, tokenizer, cfg: Config) -> tuple[list, int]:
+    """Training examples whose prompt fits rollout.max_prompt_len (never cut from the left: the task
+    would go), and how many were left out. Most of them too long is a config mistake, refused."""
+    examples = env.train_examples()
+    kept, too_long = fitting_examples(examples, env.messages, tokenizer, cfg.rollout.max_prompt_len)
+    if too_long * 2 > len(examples):
+        raise ConfigError(f"rollout.max_prompt_len={cfg.rollout.max_prompt_len}: {too_long} of {len(examples)} training "
+                          f"prompts of env={cfg.env.name} are longer; raise it")
+    return kept, too_long
 
 
 def rank_share(draw):
@@ -164,11 +187,12 @@ def step_metrics(metrics: dict, samples, batch, scheduler, phases: dict[str, flo
 
 
 def run_eval(engine, tokenizer, env, cfg: Config, step: int, log: MetricsLog) -> dict:
+    started = time.perf_counter()
     metrics, rows = evaluate(engine, tokenizer, env, cfg)  # each rank a share of the problems, metrics over all
     log.log(step, metrics)
     log.log_samples(step, rows[:cfg.eval.log_samples])
     if dist.rank() == 0:
-        print(f"eval @ step {step}: " + " | ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()))
+        print(f"eval @ step {step} ({time.perf_counter() - started:.0f} s): " + " | ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()))
     return metrics
 
 

@@ -1,6 +1,7 @@
-"""One GRPO step of rltool vs TRL's GRPOTrainer on identical settings (CPU, float32).
+"""GRPO steps of rltool vs TRL's GRPOTrainer on identical settings (CPU, float32): median of several.
 
-    nice -n 5 .venv/bin/python scripts/bench_vs_trl.py --prompts 4 --group-size 4 --max-new-tokens 64 [--reward sparse]
+    nice -n 5 .venv/bin/python scripts/bench_vs_trl.py --prompts 4 --group-size 4 --max-new-tokens 64 \
+        [--steps 5] [--repeats 3] [--reward sparse] [--dry]
 
 Same model directory (the embedded SmolLM2-135M-Instruct), same prompts (the problems rltool's
 sampler draws for steps 1-2 of the arithmetic env, as chat messages; each side applies the same
@@ -12,7 +13,15 @@ wrapped as a TRL reward function. One optimizer step covers all prompts x G comp
 rltool: `train()` itself (eval and checkpoints off); each step's phases and wall/CPU time come
 from its metrics.jsonl. TRL: GRPOTrainer with use_vllm=False, each optimizer step timed with a
 TrainerCallback (on_step_begin -> on_step_end; logging happens after on_step_end and is
-excluded, as on ours). Both: step 1 is a warm-up, step 2 is the number; startup is excluded.
+excluded, as on ours). Both: step 1 is a warm-up, then `--steps` (>= 5) measured steps; startup
+is excluded. Every completion is exactly max_new_tokens long on both sides (rltool
+`rollout.ignore_eos=true`: vLLM min_tokens = max_tokens with EOS ignored; TRL `min_new_tokens`
+= max_completion_length), so both sides generate and update the same number of tokens.
+`--repeats N` runs the sides N times, alternating (rltool, TRL, rltool, ...), so slow drift of the
+machine's load hits both. The reported ratio is median(rltool steps) / median(TRL steps) over
+every measured step of every repeat, with min/max of each side and the spread of the per-repeat
+ratios; the JSON records every step. One step's ratio is not a result: on this 2-core machine
+two consecutive TRL steps once took 25.8 s and 37.7 s.
 `--reward dense` (default) gives nearly every completion its own reward, so both sides do the
 full update; `--reward sparse` shows rltool skipping the rows of all-wrong groups.
 
@@ -37,16 +46,29 @@ from pathlib import Path
 from time import perf_counter, process_time
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = 2  # step 1 warms up (lazy init, allocator, first compiled shapes); step 2 is reported
+WARMUP = 1  # step 1 warms up (lazy init, allocator, first compiled shapes) and is not counted
+MIN_STEPS = 5
 GOAL = 0.5  # the issue's target: rltool step time <= 0.5x TRL's
 
 
 REWARDS = {
-    # dense: every completion gets its own shaped reward, so (almost) every row carries gradient on both sides
-    "dense": ["reward=arithmetic", "reward.length_penalty=0.5"],
+    # dense: every completion gets its own shaped reward, so (almost) every row carries gradient on both sides.
+    # Completions are all max_new_tokens long, so a token length penalty would be the same for all: the shaping
+    # term counts characters instead (bench_chars, registered below, in this script only).
+    "dense": ["reward=arithmetic", "reward.terms=[{name:gsm8k_flexible,weight:1.0},{name:bench_chars,weight:1.0}]"],
     # sparse: last-number correctness only; most groups are all-wrong (~5% success): rltool skips their rows
     "sparse": ["reward.terms=[{name:gsm8k_flexible,weight:1.0}]", "reward.success=gsm8k_flexible"],
 }
+
+
+def register_bench_reward() -> None:
+    from rltool.rewards.registry import REWARDS as REGISTRY, reward
+
+    if "bench_chars" not in REGISTRY:
+        @reward("bench_chars")
+        def bench_chars(completion: str, example) -> float:
+            """-characters / 1000: differs between completions of equal token length (a benchmark's dense reward)."""
+            return -len(completion) / 1000
 
 
 def compose_config(args, output_dir: str):
@@ -56,26 +78,28 @@ def compose_config(args, output_dir: str):
     from rltool.config import register_configs
 
     overrides = [
-        "hardware=cpu", "env=arithmetic", "algo=grpo", "eval.enabled=false", f"trainer.max_steps={STEPS}",
+        "hardware=cpu", "env=arithmetic", "algo=grpo", "eval.enabled=false", f"trainer.max_steps={WARMUP + args.steps}",
         "trainer.save_every=0", f"trainer.prompts_per_step={args.prompts}", f"trainer.group_size={args.group_size}",
         f"trainer.micro_batch_size={args.micro_batch}", f"rollout.max_new_tokens={args.max_new_tokens}",
-        "rollout.temperature=1.0", "rollout.top_p=1.0", "trainer.lr_schedule=constant", "trainer.warmup_steps=0",
-        *REWARDS[args.reward], f"output_dir={output_dir}",
+        "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.ignore_eos=true", "trainer.lr_schedule=constant",
+        "trainer.warmup_steps=0",
+        f"trainer.logprob_impl={args.logprob_impl}", *REWARDS[args.reward], f"output_dir={output_dir}",
     ]
     register_configs()
+    register_bench_reward()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     return to_config(cfg), overrides  # OmegaConf.to_object + every __post_init__ and registry check
 
 
 def step_prompts(cfg):
-    """The prompts rltool's sampler draws for steps 1..STEPS: TRL trains on exactly these."""
+    """The prompts rltool's sampler draws for every step: TRL trains on exactly these."""
     from rltool.data import PromptSampler
     from rltool.envs import make_env
 
     env = make_env(cfg.env)
     sampler = PromptSampler(env.train_examples(), cfg.seed)
-    return env, [e for _ in range(STEPS) for e in sampler.draw(cfg.trainer.prompts_per_step)]
+    return env, [e for _ in range(cfg.trainer.max_steps) for e in sampler.draw(cfg.trainer.prompts_per_step)]
 
 
 # ---- rltool: train() itself, as `rltool train` runs it, with eval and checkpoints off ----
@@ -185,11 +209,12 @@ def run_trl(args) -> dict:
         gradient_accumulation_steps=completions_per_step // t.micro_batch_size,  # one optimizer step = all completions
         num_generations=t.group_size, max_completion_length=cfg.rollout.max_new_tokens,
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, num_iterations=cfg.algo.iterations,
+        generation_kwargs={"min_new_tokens": cfg.rollout.max_new_tokens},  # = max: every completion full length
         learning_rate=t.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=t.weight_decay,
         max_grad_norm=t.grad_clip, beta=cfg.algo.kl_coef, epsilon=cfg.algo.clip_eps_low,
         loss_type="grpo", scale_rewards="group",  # rltool's algo=grpo: per-sequence token mean, group z-score
         gradient_checkpointing=cfg.actors.gradient_checkpointing,  # TRL defaults to True
-        max_steps=STEPS, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
+        max_steps=cfg.trainer.max_steps, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
         seed=cfg.seed, dataloader_num_workers=0,
     )
     timer = StepTimer()
@@ -220,9 +245,34 @@ def run_trl(args) -> dict:
             "steps_per_generation": trl_args.steps_per_generation}
 
 
-# ---- the parent: run both parts in subprocesses, compare step 2 ----
+# ---- the parent: run the sides in subprocesses, alternating, and compare medians ----
 
-def main() -> None:
+def measured(part: dict) -> list[float]:
+    """Step seconds of one side's run, the warm-up step left out."""
+    return [s["seconds"] for s in part["steps"][WARMUP:]]
+
+
+def summarize(runs: list[dict[str, dict]]) -> dict:
+    """runs: one {"rltool": part, "trl": part} per repeat -> medians, min/max and the ratio with its spread.
+
+    The ratio is median(rltool) / median(TRL) over every measured step of every repeat; `ratio_per_repeat`
+    (each repeat's medians) shows how far it moves between repeats."""
+    from statistics import median
+
+    def side(name: str) -> dict:
+        steps = [x for run in runs for x in measured(run[name])]
+        cpu = [s["cpu_s"] for run in runs for s in run[name]["steps"][WARMUP:]]
+        return {"median_s": round(median(steps), 3), "min_s": round(min(steps), 3), "max_s": round(max(steps), 3),
+                "n_steps": len(steps), "median_cpu_s": round(median(cpu), 3)}
+
+    ours, theirs = side("rltool"), side("trl")
+    per_repeat = [round(median(measured(run["rltool"])) / median(measured(run["trl"])), 3) for run in runs]
+    return {"rltool": ours, "trl": theirs, "ratio_median": round(ours["median_s"] / theirs["median_s"], 3),
+            "ratio_per_repeat": per_repeat, "ratio_spread": [min(per_repeat), max(per_repeat)],
+            "cpu_ratio_median": round(ours["median_cpu_s"] / theirs["median_cpu_s"], 3)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--group-size", type=int, default=4)
@@ -230,52 +280,77 @@ def main() -> None:
     p.add_argument("--reward", choices=sorted(REWARDS), default="dense",
                    help="dense: shaped reward, every row has gradient; sparse: 0/1 correctness (rltool skips zero-advantage rows)")
     p.add_argument("--micro-batch", type=int, default=8, help="rltool micro_batch_size = TRL per_device_train_batch_size")
+    p.add_argument("--steps", type=int, default=MIN_STEPS, help=f"measured steps per side and repeat (>= {MIN_STEPS}), "
+                                                                 f"after {WARMUP} warm-up step")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating rltool / TRL")
+    p.add_argument("--logprob-impl", choices=["chunked", "plain"], default="chunked",
+                   help="rltool's trainer.logprob_impl (compare two runs for the chunked path's step time)")
+    p.add_argument("--dry", action="store_true", help="print the runs it would make and the overrides, run nothing")
     p.add_argument("--out", default="bench_results/vs_trl.json")
     p.add_argument("--part", choices=["rltool", "trl"], help=argparse.SUPPRESS)  # internal: run one side
     p.add_argument("--part-out", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.steps < MIN_STEPS:
+        p.error(f"--steps {args.steps}: at least {MIN_STEPS} measured steps per side (one step's time is noise here)")
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: must be >= 1")
+    return args
 
+
+def schedule(repeats: int) -> list[tuple[int, str]]:
+    """(repeat, side) in the order they run: the sides alternate, so drift in the machine's load hits both."""
+    return [(r, part) for r in range(repeats) for part in ("rltool", "trl")]
+
+
+def main() -> None:
+    args = parse_args()
     if args.part:
         result = {"rltool": run_rltool, "trl": run_trl}[args.part](args)
         Path(args.part_out).write_text(json.dumps(result))
         return
+    if args.dry:
+        _, overrides = compose_config(args, "dry")
+        print(json.dumps({"schedule": schedule(args.repeats), "steps_per_run": WARMUP + args.steps,
+                          "rltool_overrides": [o for o in overrides if not o.startswith("output_dir=")]}, indent=2))
+        return
 
     load = {"start": [round(x, 2) for x in os.getloadavg()]}
-    parts = {}
-    for part in ("rltool", "trl"):
+    runs: list[dict[str, dict]] = [{} for _ in range(args.repeats)]
+    for r, part in schedule(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / f"{part}.json"
             t0 = perf_counter()
-            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--part", part, "--part-out", str(out)], check=True)
-            parts[part] = json.loads(out.read_text()) | {"process_wall_s": round(perf_counter() - t0, 1)}
-        load[f"after_{part}"] = [round(x, 2) for x in os.getloadavg()]
+            child = [a for a in sys.argv[1:] if a != "--dry"]
+            subprocess.run([sys.executable, __file__, *child, "--part", part, "--part-out", str(out)], check=True)
+            runs[r][part] = json.loads(out.read_text()) | {"process_wall_s": round(perf_counter() - t0, 1)}
+        load[f"after_{part}_{r + 1}"] = [round(x, 2) for x in os.getloadavg()]
 
-    ours, theirs = parts["rltool"]["steps"][-1], parts["trl"]["steps"][-1]
-    ratio = ours["seconds"] / theirs["seconds"]
+    stats = summarize(runs)
+    lengths = {part: sorted({s.get("completion_len_mean") for run in runs for s in run[part]["steps"]})
+               for part in ("rltool", "trl")}
     result = {
         "bench": "vs_trl",
-        "reported_step": STEPS,
-        "rltool_step_s": ours["seconds"],
-        "rltool_phases_s": ours["phases_s"],
-        "trl_step_s": theirs["seconds"],
-        "trl_phases_s": theirs["phases_s"],
-        "ratio_rltool_over_trl": round(ratio, 3),
-        "rltool_step_cpu_s": ours["cpu_s"],
-        "trl_step_cpu_s": theirs["cpu_s"],
-        "cpu_ratio_rltool_over_trl": round(ours["cpu_s"] / theirs["cpu_s"], 3),
+        "warmup_steps": WARMUP, "measured_steps_per_run": args.steps, "repeats": args.repeats,
+        "ratio_rltool_over_trl_median": stats["ratio_median"],
+        "ratio_per_repeat": stats["ratio_per_repeat"],
+        "ratio_spread": stats["ratio_spread"],
+        "rltool_step_s": stats["rltool"],
+        "trl_step_s": stats["trl"],
+        "cpu_ratio_rltool_over_trl_median": stats["cpu_ratio_median"],
+        "completion_len_mean_seen": lengths,
         "goal": f"rltool step <= {GOAL}x TRL step",
-        "meets_goal": ratio <= GOAL,
+        "meets_goal": stats["ratio_median"] <= GOAL,
         "settings": {
             "model": "embedded:smollm2-135m-instruct (float32, CPU)", "env": "arithmetic", "prompts": args.prompts,
             "generations_per_prompt": args.group_size, "completions_per_step": args.prompts * args.group_size,
-            "max_completion_length": args.max_new_tokens, "micro_batch": args.micro_batch,
+            "completion_length": f"exactly {args.max_new_tokens} (EOS ignored on both sides)",
+            "micro_batch": args.micro_batch, "rltool_logprob_impl": args.logprob_impl,
             "temperature": 1.0, "top_p": 1.0, "iterations": 1, "kl": 0.0, "loss_agg": "grpo (per-sequence token mean)",
             "reward": f"{args.reward}: {' '.join(REWARDS[args.reward])} (rltool Scorer on both sides)", "lr_schedule": "constant",
             "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "cpu_count": os.cpu_count(), "nice": os.nice(0),
             "rltool_generation": "vLLM (in-process, CPU backend)", "trl_generation": "transformers generate",
         },
-        "rltool": parts["rltool"],
-        "trl": parts["trl"],
+        "runs": [{"repeat": r + 1, **run} for r, run in enumerate(runs)],
         "loadavg_1_5_15": load,
         "notes": [
             "TRL runs with use_vllm=False: its vLLM colocate mode is built for CUDA (gpu_memory_utilization, "
@@ -284,24 +359,21 @@ def main() -> None:
             "generate, so this compares rltool as shipped with TRL as it runs on CPU, not vLLM with vLLM.",
             "rltool's step includes the trainer -> vLLM weight sync; TRL generates with the training model "
             "itself and has no sync.",
-            "Completion lengths differ between the two runs (different samplers, different RNG streams); "
-            "generation time scales with them, so compare completion_len_mean before reading the ratio.",
             "TRL phase split: generate = GRPOTrainer._generate, score_and_advantage = the rest of "
             "_generate_and_score_completions, forward_backward_optimizer = step - both (timed in a subclass).",
-            f"TRL optimizer: {parts['trl']['optim']} (its default); rltool: torch.optim.AdamW.",
-            "Shared 2-core machine: see loadavg_1_5_15; one run of each side, minutes apart, so the wall-clock "
-            "ratio moves with the other load. cpu_s (process CPU time, all threads; vLLM runs in-process) is "
-            "less sensitive to that load and is given as a cross-check; the goal is stated on wall-clock time.",
+            f"TRL optimizer: {runs[0]['trl']['optim']} (its default); rltool: torch.optim.AdamW (fused).",
+            "Shared 2-core machine: see loadavg_1_5_15. cpu_s (process CPU time, all threads; vLLM runs "
+            "in-process) is less sensitive to other load and is given as a cross-check; the goal is on wall time.",
         ],
     }
     if args.reward == "sparse":
         result["notes"].append("sparse reward: rltool leaves rows with advantage 0 out of the forward/backward "
-                               "(exactly the same update; see steps.contributing_rows); TRL computes them. "
-                               f"rows updated by rltool at the reported step: {ours['rows_updated']}.")
+                               "(exactly the same update; see steps.contributing_rows); TRL computes them "
+                               "(update/rows per step in runs[*].rltool.steps).")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,16 @@ Per step, on each rank (knobs in `algo.erl`, see ErlConfig):
      gated: there is nothing reliable to reflect on, and its r2 could not be compared anyway.
   3. Reflect: one batched generate for all gated attempts. The model sees the question, y1, f1,
      r1 and up to memory_top_k retrieved reflections, and writes a plan Δ (kind="reflection").
+     The prompt is built within rollout.max_prompt_len: y1 is shortened first (its end kept), then
+     the least relevant lessons are dropped; the task itself is never cut (erl/prompt_truncated).
   4. Retry: one batched generate. The retry prompt holds the question and Δ only, never y1 or f1,
      so y2 must come from the lesson, not from copying. r2 is scored against the original example.
   5. Memory: Δ is stored when r2 > memory_threshold (FIFO, memory_size). Retrieval in step 3 uses
-     only earlier steps' entries, by recency or MiniLM prompt similarity. Each rank keeps its own.
+     only earlier steps' entries, by recency or MiniLM prompt similarity. Under several ranks each
+     step's new lessons are all-gathered and added in rank order: one memory, identical on every rank.
   6. Samples: reflections and retries are both rewarded with r2.
      variant=packed (seed's Algorithm 1): all reflections of the step form one group and all
-       retries another; everything trains in one pass (update=0).
+       retries another, over every rank; everything trains in one pass (update=0).
      variant=split (paper's Algorithm 2): reflections and retries of one prompt's gated attempts
        form one group per kind, trained in a second pass after y1's (update=1). With 0/1 rewards
        these groups are small and often tied, which gives zero advantage: that is the algorithm.
@@ -22,7 +25,8 @@ Per step, on each rank (knobs in `algo.erl`, see ErlConfig):
        raft: reward-weighted likelihood inside the RL loss, loss_weight=internalization_coef,
              adv=r2 (as in the paper's official code); with ratio 1 the gradient is r2 * ∇logp.
      Distill samples train in the same pass as the retries. Their `sample_logp` is the engine's
-     log-prob of y2 under the *retry* prompt, so it must not be used as old_logp for this pair.
+     log-prob of y2 under the *retry* prompt, not a behaviour policy for (x -> y2): they are
+     `relabelled`, so mismatch correction leaves them at weight 1 and out of its metrics.
 
 enable_reflection=False is the budget-matched GRPO ablation: each gated attempt buys the two
 generations reflection + retry would have cost as two fresh first attempts at the same prompt,
@@ -37,13 +41,17 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from rltool import dist
 from rltool.algos.memory import Memory
-from rltool.algos.rollouts import GroupIds, RolloutContext, register_rollout, sample_groups, score_completion
+from rltool.algos.rollouts import GroupIds, RolloutContext, register_rollout, sample_groups, score_completions
 from rltool.config import ErlConfig
 from rltool.envs.base import Example
+from rltool.rollout.prompts import encode_chat
 from rltool.samples import Completion, Sample
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
+PACKED_GROUPS = {"reflection": -1, "retry": -2}
+"""variant=packed: one group per kind over the whole step and every rank (GroupIds are >= 0)."""
 
 
 def fill(template: str, **values: str) -> str:
@@ -84,28 +92,70 @@ def prompt_parts(ctx: RolloutContext, example: Example) -> tuple[list[dict], str
 
 
 def encode_turn(ctx: RolloutContext, system: list[dict], user: str) -> list[int]:
-    return ctx.encode(system + [{"role": "user", "content": user}])
+    return encode_chat(ctx.tokenizer, system + [{"role": "user", "content": user}])
+
+
+def within_budget(ctx: RolloutContext, build, cut: str, keep_end: bool, then_drop: list[str] = ()) -> tuple[list[int] | None, bool]:
+    """Prompt ids from build(cut_text, kept_items) within rollout.max_prompt_len, and whether anything was cut.
+
+    The task is never cut: first `cut` is shortened (keeping its end when keep_end, else its start),
+    then items of `then_drop` go from the last (least relevant) one. None when even that does not fit.
+    """
+    budget, tok = ctx.cfg.rollout.max_prompt_len, ctx.tokenizer
+    items = list(then_drop)
+    ids = build(cut, items)
+    if len(ids) <= budget:
+        return ids, False
+    cut_ids = tok.encode(cut, add_special_tokens=False)
+    while True:
+        keep = max(len(cut_ids) - (len(ids) - budget) - 1, 0) if cut_ids else 0  # re-encoding may shift a token
+        cut_ids = (cut_ids[len(cut_ids) - keep:] if keep_end else cut_ids[:keep]) if keep else []
+        text = tok.decode(cut_ids) if cut_ids else ""
+        text = ("..." + text if keep_end else text + "...") if text else "(omitted: too long)"
+        ids = build(text, items)
+        if len(ids) <= budget:
+            return ids, True
+        if not cut_ids and not items:
+            return None, True
+        if not cut_ids:
+            items = items[:-1]
 
 
 def reflect_and_retry(ctx: RolloutContext, memory: Memory, gated: list[Sample],
-                      example_of: dict[int, Example]) -> list[Episode]:
-    """Steps 3-4: one batched generate for all reflections, then one for all retries."""
+                      example_of: dict[int, Example]) -> tuple[list[Episode], int]:
+    """Steps 3-4: one batched generate for all reflections, then one for all retries. Also returns how
+    many prompts were shortened to fit rollout.max_prompt_len (an attempt that cannot fit is skipped)."""
     erl = ctx.cfg.algo.erl
-    examples = [example_of[s.group] for s in gated]
-    parts = [prompt_parts(ctx, e) for e in examples]
-    lessons = {q: bullets(memory.retrieve(q, erl.memory_top_k)) for _, q in parts}
-    reflection_prompts = [
-        encode_turn(ctx, system, fill(erl.reflection_template, prompt=q, attempt=s.text, feedback=s.feedback,
-                                      reward=f"{s.reward:.2f}", memory=lessons[q]))
-        for s, (system, q) in zip(gated, parts)]
-    outputs = ctx.engine.generate(reflection_prompts, ctx.sampling(1, erl.reflection_max_new_tokens))
+    truncated, jobs, lessons_of = 0, [], {}
+    for s in gated:
+        example = example_of[s.group]
+        system, q = prompt_parts(ctx, example)
+        if q not in lessons_of:  # one retrieval per question (similarity embeds the query)
+            lessons_of[q] = memory.retrieve(q, erl.memory_top_k)
+        lessons = lessons_of[q]
+        build = lambda attempt, kept, system=system, q=q, s=s: encode_turn(ctx, system, fill(  # noqa: E731
+            erl.reflection_template, prompt=q, attempt=attempt, feedback=s.feedback, reward=f"{s.reward:.2f}",
+            memory=bullets(kept)))
+        ids, cut = within_budget(ctx, build, s.text, keep_end=True, then_drop=lessons)
+        truncated += cut
+        if ids is not None:
+            jobs.append((s, example, system, q, ids))
+    if not jobs:
+        return [], truncated
+    outputs = ctx.engine.generate([j[4] for j in jobs], ctx.sampling(1, erl.reflection_max_new_tokens))
     reflections = [out[0] for out in outputs]
-    retry_prompts = [encode_turn(ctx, system, fill(erl.retry_template, prompt=q, reflection=d.text))
-                     for (system, q), d in zip(parts, reflections)]
+    retry_prompts = []
+    for (_, _, system, q, _), d in zip(jobs, reflections):
+        build = lambda plan, _, system=system, q=q: encode_turn(ctx, system, fill(  # noqa: E731
+            erl.retry_template, prompt=q, reflection=plan))
+        ids, cut = within_budget(ctx, build, d.text, keep_end=False)  # a plan's start matters most
+        truncated += cut
+        retry_prompts.append(ids if ids is not None else encode_turn(ctx, system, q))
     retries = [out[0] for out in ctx.engine.generate(retry_prompts, ctx.sampling(1))]
-    return [Episode(s, e, q, rp, d, yp, y, *score_completion(ctx, y, e))
-            for s, e, (_, q), rp, d, yp, y in zip(gated, examples, parts, reflection_prompts, reflections,
-                                                  retry_prompts, retries)]
+    scored = score_completions(ctx, retries, [j[1] for j in jobs])  # r2 against the original task
+    episodes = [Episode(s, e, q, rp, d, yp, y, r.reward, r.success, r.feedback)
+                for (s, e, _, q, rp), d, yp, y, r in zip(jobs, reflections, retry_prompts, retries, scored)]
+    return episodes, truncated
 
 
 def experience_samples(ctx: RolloutContext, episodes: list[Episode], ids: GroupIds) -> list[Sample]:
@@ -118,13 +168,13 @@ def experience_samples(ctx: RolloutContext, episodes: list[Episode], ids: GroupI
         key = 0 if erl.variant == "packed" else e.attempt.group  # packed: one group per kind per step
         for kind, prompt, c, weight in (("reflection", e.reflection_prompt, e.reflection, erl.reflection_weight),
                                         ("retry", e.retry_prompt, e.retry, erl.retry_weight)):
-            if (kind, key) not in groups:
-                groups[kind, key] = ids.take()
+            if (kind, key) not in groups:  # packed: the same id on every rank, so the group spans the ranks
+                groups[kind, key] = PACKED_GROUPS[kind] if erl.variant == "packed" else ids.take()
             overlong = ctx.cfg.algo.overlong_mask and c.truncated
             samples.append(Sample(prompt_ids=prompt, completion_ids=c.token_ids, sample_logp=c.logp,
                                   group=groups[kind, key], reward=e.r2, success=e.success2, feedback=e.feedback2,
                                   text=c.text, truncated=c.truncated, kind=kind, example_id=e.example.id,
-                                  loss_weight=0.0 if overlong else weight, update=update))
+                                  loss_weight=0.0 if overlong else weight, update=update, first_attempt=False))
     return samples
 
 
@@ -138,8 +188,8 @@ def distill_samples(erl: ErlConfig, episodes: list[Episode], ids: GroupIds) -> l
                    group=group, reward=e.r2, success=e.success2, feedback=e.feedback2, text=e.retry.text,
                    truncated=e.retry.truncated, kind="distill", example_id=e.example.id,
                    loss_weight=0.0 if sft else coef, sft_weight=coef if sft else 0.0,
-                   update=0 if erl.variant == "packed" else 1, adv=0.0 if sft else e.r2,
-                   info={"sample_logp_prompt": "retry"})
+                   update=0 if erl.variant == "packed" else 1, adv=0.0 if sft else e.r2, relabelled=True,
+                   first_attempt=False)
             for e in pairs]
 
 
@@ -166,7 +216,7 @@ def tokens(samples: list[Sample], kind: str) -> float:
 
 
 def erl_metrics(attempts: list[Sample], gated: list[Sample], episodes: list[Episode], samples: list[Sample],
-                memory: Memory) -> dict[str, float]:
+                memory: Memory, truncated: int = 0) -> dict[str, float]:
     lift = [e.r2 - e.attempt.reward for e in episodes if e.r2 is not None]
     return {
         "erl/gated_frac": len(gated) / max(len(attempts), 1),
@@ -174,6 +224,7 @@ def erl_metrics(attempts: list[Sample], gated: list[Sample], episodes: list[Epis
         "erl/r2": mean([e.r2 for e in episodes]),
         "erl/lift": mean(lift),
         "erl/memory_size": float(len(memory)),
+        "erl/prompt_truncated": float(truncated),
         "erl/distill_pairs": float(sum(s.kind == "distill" for s in samples)),
         "erl/tokens_attempt": tokens(samples, "attempt"),
         "erl/tokens_reflection": tokens(samples, "reflection"),
@@ -209,19 +260,29 @@ class ERLRollout:
         gated = [s for s in attempts if is_gated(s.reward, erl.gate_threshold)]
 
         episodes: list[Episode] = []
+        truncated = 0
         if not erl.enable_reflection:
             samples = attempts + budget_matched_attempts(ctx, gated, example_of)
         elif gated:
-            episodes = reflect_and_retry(ctx, self.memory, gated, example_of)
-            for e in episodes:  # after all retrievals: this step's lessons serve later steps
-                if e.r2 is not None and e.r2 > erl.memory_threshold:
-                    self.memory.add(e.question, e.reflection.text, step)
+            episodes, truncated = reflect_and_retry(ctx, self.memory, gated, example_of)
+            self.remember(episodes, step)
             samples = attempts + experience_samples(ctx, episodes, ids)
             if erl.enable_internalization:
                 samples += distill_samples(erl, episodes, ids)
         else:
             samples = attempts
-        return samples, erl_metrics(attempts, gated, episodes, samples, self.memory)
+            self.remember([], step)  # a collective under several ranks: every rank joins each step
+        return samples, erl_metrics(attempts, gated, episodes, samples, self.memory, truncated)
+
+    def remember(self, episodes: list[Episode], step: int) -> None:
+        """Step 5, after all retrievals (this step's lessons serve later steps). Every rank adds every
+        rank's new lessons in rank order, so the memory is one and the same on every rank (and the
+        checkpoint's copy, written by rank 0, is every rank's)."""
+        threshold = self.ctx.cfg.algo.erl.memory_threshold
+        mine = [(e.question, e.reflection.text) for e in episodes if e.r2 is not None and e.r2 > threshold]
+        for lessons in dist.all_gather_objects(mine):
+            for question, reflection in lessons:
+                self.memory.add(question, reflection, step)
 
     def state_dict(self) -> dict:
         return {"memory": self.memory.state_dict()}

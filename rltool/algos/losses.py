@@ -43,7 +43,8 @@ def clip_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate -min(r A, clip(r, 1-eps_low, 1+eps_high) A), per token.
 
-    logp, old_logp, mask (B, T); adv (B,). Returns loss (B, T), unmasked, and detached metrics.
+    logp, old_logp, mask (B, T); adv (B, T) per token, or (B,) broadcast over the row. Returns loss
+    (B, T), unmasked, and detached metrics.
     eps_high > eps_low is DAPO's clip-higher (Yu et al. 2025). ratio_level="sequence" is GSPO
     (Zheng et al. 2025), GSPO-token form: every token's ratio has the value
     s_i = exp(mean_t of log(pi/pi_old)) and the gradient s_i * grad logp_t. Summed with the
@@ -56,7 +57,7 @@ def clip_loss(
         ratio = torch.exp(seq_log_ratio.detach()[:, None] + logp - logp.detach())  # (B, T), value s_i
     else:
         ratio = torch.exp(log_ratio)  # (B, T)
-    a = adv[:, None]  # (B, 1)
+    a = adv[:, None] if adv.dim() == 1 else adv  # (B, 1) or (B, T)
     unclipped = -ratio * a  # (B, T)
     clipped = -torch.clamp(ratio, 1 - p.eps_low, 1 + p.eps_high) * a  # (B, T)
     loss = torch.maximum(unclipped, clipped)  # (B, T); max of negatives = -min of surrogates
@@ -77,24 +78,40 @@ def sft_loss(logp: Tensor) -> Tensor:
 # Each aggregation maps one micro-batch's masked loss sum to its share of the step objective.
 # The normalisers are totals over everything summed into one optimizer step (all micro-batches,
 # all ranks), so sum over micro-batches of agg_loss == the objective below.
-def _agg_grpo(lm, mask, num_seqs, num_tokens, max_len, num_micro):
+@dataclass(frozen=True)
+class StepCounts:
+    """Normalisers of one optimizer step, each a total over every micro-batch and every rank."""
+
+    num_seqs: float
+    """Rows with at least one trained token (GRPO's mean over sequences)."""
+    num_rows: float
+    """Every row of the step, masked or not (Dr.GRPO's B, as TRL: its normaliser is a constant)."""
+    num_tokens: float
+    """Trained tokens (DAPO's global token mean)."""
+    max_len: int
+    """rollout.max_new_tokens (Dr.GRPO's constant length)."""
+    num_micro: int
+    """Micro-batches (BNPO's mean over micro-batches)."""
+
+
+def _agg_grpo(lm, mask, n: StepCounts):
     # mean over sequences of each sequence's token mean (GRPO; short answers weigh more per token)
-    return (lm.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_seqs
+    return (lm.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(n.num_seqs, 1)
 
 
-def _agg_bnpo(lm, mask, num_seqs, num_tokens, max_len, num_micro):
+def _agg_bnpo(lm, mask, n: StepCounts):
     # token mean within the micro-batch, then mean over micro-batches (TRL's "bnpo")
-    return lm.sum() / mask.sum().clamp(min=1) / num_micro
+    return lm.sum() / mask.sum().clamp(min=1) / max(n.num_micro, 1)
 
 
-def _agg_dr_grpo(lm, mask, num_seqs, num_tokens, max_len, num_micro):
-    # constant normaliser: no length bias (Liu et al. 2025)
-    return lm.sum() / (num_seqs * max_len)
+def _agg_dr_grpo(lm, mask, n: StepCounts):
+    # constant normaliser: no length bias (Liu et al. 2025); every row counts, masked ones too
+    return lm.sum() / max(n.num_rows * n.max_len, 1)
 
 
-def _agg_dapo(lm, mask, num_seqs, num_tokens, max_len, num_micro):
+def _agg_dapo(lm, mask, n: StepCounts):
     # global token mean: every token in the step weighs the same (Yu et al. 2025)
-    return lm.sum() / num_tokens
+    return lm.sum() / max(n.num_tokens, 1)
 
 
 AGG_MODES: dict[str, Callable[..., Tensor]] = {
@@ -105,20 +122,19 @@ AGG_MODES: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def agg_loss(
-    loss: Tensor, mask: Tensor, mode: str, *, num_seqs: float, num_tokens: float, max_len: int, num_micro: int
-) -> Tensor:
+def agg_loss(loss: Tensor, mask: Tensor, mode: str, counts: StepCounts) -> Tensor:
     """loss, mask (B, T) of one micro-batch -> scalar; sum over the step's micro-batches gives:
 
-    "grpo":    mean_i (sum_t l m / sum_t m)      per-sequence token mean, then sequence mean
+    "grpo":    mean_i (sum_t l m / sum_t m)      per-sequence token mean, over rows with a trained token
     "bnpo":    mean_micro (sum l m / sum m)      token mean within each micro-batch
-    "dr_grpo": sum l m / (num_seqs * max_len)    constant normaliser (Dr.GRPO)
+    "dr_grpo": sum l m / (num_rows * max_len)    constant normaliser (Dr.GRPO), every row counted
     "dapo":    sum l m / num_tokens              global token mean (DAPO)
-    num_seqs, num_tokens: totals over the whole step (all micro-batches, all ranks); num_micro:
-    micro-batches summed into the step. If the backend averages gradients across ranks (DDP,
-    DeepSpeed), the caller multiplies by world size to keep these sums exact.
+    A count of 0 means nothing in the step has that kind of token (an SFT-only batch has no RL
+    tokens): the sum is then 0 and is divided by 1, not 0.
+    `counts` are totals over the whole step (all micro-batches, all ranks). If the backend averages
+    gradients across ranks (DDP, DeepSpeed), the caller multiplies by world size to keep these sums exact.
     """
     if mode not in AGG_MODES:
         raise ValueError(f"unknown agg mode '{mode}'; valid: {', '.join(sorted(AGG_MODES))}")
     lm = loss * mask  # (B, T)
-    return AGG_MODES[mode](lm, mask, num_seqs, num_tokens, max_len, num_micro)
+    return AGG_MODES[mode](lm, mask, counts)

@@ -57,15 +57,25 @@ class GroupIds:
         return self.next - 1
 
 
-def score_completion(ctx: RolloutContext, c: Completion, example: Example) -> tuple[float | None, float, str]:
-    """Shaped reward (with DAPO's soft overlong penalty), binary success, feedback text."""
-    s = ctx.scorer(c.text, example, len(c.token_ids))
+@dataclass
+class Scored:
+    """One completion's shaped reward (DAPO's soft overlong penalty included), success, feedback text
+    and every reward's raw value (`reward/<name>` in the metrics)."""
+
+    reward: float | None
+    success: float
+    feedback: str
+    parts: dict
+
+
+def score_completions(ctx: RolloutContext, completions: list[Completion], examples: list[Example]) -> list[Scored]:
+    """All of a step's completions in one Scorer call: batched rewards (TRL-style, judges) see them at once."""
     a = ctx.cfg.algo
-    reward = s.reward
-    if reward is not None and a.overlong_buffer > 0:
-        reward += overlong_penalty(torch.tensor([len(c.token_ids)]), ctx.cfg.rollout.max_new_tokens,
-                                   a.overlong_buffer, a.overlong_penalty).item()
-    return reward, s.success, s.feedback
+    scores = ctx.scorer.score_batch([c.text for c in completions], examples, [len(c.token_ids) for c in completions])
+    penalties = overlong_penalty(torch.tensor([len(c.token_ids) for c in completions], dtype=torch.long),
+                                 ctx.cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty).tolist()
+    return [Scored(None if s.reward is None else s.reward + p, s.success, s.feedback, s.parts)
+            for s, p in zip(scores, penalties)]
 
 
 def sample_groups(ctx: RolloutContext, examples: list[Example], ids: GroupIds, *, kind: str = "attempt",
@@ -74,24 +84,30 @@ def sample_groups(ctx: RolloutContext, examples: list[Example], ids: GroupIds, *
     n = n or ctx.cfg.trainer.group_size
     prompts = prompts or [ctx.encode(ctx.env.messages(e)) for e in examples]
     outputs = ctx.engine.generate(prompts, ctx.sampling(n))
+    groups = [ids.take() for _ in examples]  # one id per example, in order (ERL maps them back to examples)
+    flat = [(group, example, prompt, c) for group, example, prompt, completions
+            in zip(groups, examples, prompts, outputs) for c in completions]
+    scored = score_completions(ctx, [c for *_, c in flat], [e for _, e, _, _ in flat])
     samples = []
-    for example, prompt, completions in zip(examples, prompts, outputs):
-        group = ids.take()
-        for c in completions:
-            reward, success, feedback = score_completion(ctx, c, example)
-            overlong = ctx.cfg.algo.overlong_mask and c.truncated
-            samples.append(Sample(prompt_ids=prompt, completion_ids=c.token_ids, sample_logp=c.logp, group=group,
-                                  reward=reward, success=success, feedback=feedback, text=c.text,
-                                  truncated=c.truncated, kind=kind, example_id=example.id,
-                                  loss_weight=0.0 if overlong else 1.0))
+    for (group, example, prompt, c), s in zip(flat, scored):
+        overlong = ctx.cfg.algo.overlong_mask and c.truncated
+        samples.append(Sample(prompt_ids=prompt, completion_ids=c.token_ids, sample_logp=c.logp,
+                              group=group, reward=s.reward, success=s.success, feedback=s.feedback,
+                              text=c.text, truncated=c.truncated, kind=kind, example_id=example.id,
+                              loss_weight=0.0 if overlong else 1.0, info={"reward_parts": s.parts}))
     return samples
 
 
-def keep_informative(samples: list[Sample]) -> list[Sample]:
-    """DAPO dynamic sampling: drop groups whose rewards are all equal (they carry no gradient)."""
+def keep_informative(samples: list[Sample], metric: str = "success") -> list[Sample]:
+    """DAPO dynamic sampling: drop groups whose `metric` is the same for every scored member.
+
+    "success" (DAPO, verl: accuracy) is the default: filtering on the shaped reward would keep an
+    all-wrong group whose members differ only by the overlong penalty, and train on length alone.
+    """
     if not samples:
         return samples
-    rewards = torch.tensor([s.reward if s.reward is not None else 0.0 for s in samples])
+    values = [s.success if metric == "success" else s.reward for s in samples]
+    rewards = torch.tensor([v if s.reward is not None else 0.0 for s, v in zip(samples, values)], dtype=torch.float)
     valid = torch.tensor([s.reward is not None for s in samples])
     keep = informative_groups(rewards, torch.tensor([s.group for s in samples]), valid)
     return [s for s, k in zip(samples, keep.tolist()) if k]
@@ -115,12 +131,13 @@ class GroupRollout:
         samples = sample_groups(ctx, ctx.draw(want), ids)
         metrics = {"rollout/reward_all": _mean([s.reward for s in samples])}
         if ctx.cfg.algo.dynamic_sampling:
-            first_round, samples = samples, keep_informative(samples)
+            metric = ctx.cfg.algo.dynamic_sampling_metric
+            first_round, samples = samples, keep_informative(samples, metric)
             for _ in range(ctx.cfg.algo.max_refill_rounds):
                 missing = want - len({s.group for s in samples})
                 if missing <= 0:
                     break
-                samples += keep_informative(sample_groups(ctx, ctx.draw(missing), ids))
+                samples += keep_informative(sample_groups(ctx, ctx.draw(missing), ids), metric)
             kept = set(sorted({s.group for s in samples})[:want])
             # Nothing informative at all: train on the first round, whose advantages are all 0.
             samples = [s for s in samples if s.group in kept] or first_round

@@ -1,19 +1,24 @@
-"""Turns one completion into a shaped reward, a binary success and feedback text.
+"""Turns completions into shaped rewards, binary successes, feedback text and per-reward parts.
 
 The shaped reward (what the advantage sees) and success (what we report as accuracy) are kept
 apart, as in torchtune's `shaped_correctness_reward`: a format bonus or length penalty must never
 show up as "accuracy". Names are checked when the Scorer is built, so a typo fails before any
-model loads.
+model loads; `reward.module` is imported first, so its names count.
+
+Where a reward's parameters are checked against the row's columns: at build time when the caller
+passes `columns` (`validate_reward_config(cfg, columns)`, `Scorer(cfg, n, columns=...)`),
+otherwise when a row lacks one, at the first call that meets it. Either way it is one ConfigError
+line naming the function, the missing parameter and the names available.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Collection, Optional, Sequence
 
-from rltool.config import ConfigError, RewardConfig
+from rltool.config import ConfigError, EnvConfig, RewardConfig
 from rltool.envs.base import Example
 from rltool.registry import Registry
-from rltool.rewards.registry import FEEDBACK, REWARDS, call_reward
+from rltool.rewards.registry import COLUMNS, FEEDBACK, FIXED, REWARDS, Row, load_reward_module
 
 
 @dataclass
@@ -32,52 +37,101 @@ def _check_name(registry: Registry, key: str, name: str) -> None:
         raise ConfigError(f"{key}={name!r}: unknown {registry.kind}; valid: {', '.join(registry.names())}")
 
 
-def validate_reward_config(cfg: RewardConfig) -> None:
-    """Raise ConfigError naming the key of the first unknown reward/feedback name (for `rltool validate`)."""
+def env_columns(cfg: EnvConfig) -> Optional[set[str]]:
+    """Names every row of the env offers a reward: the fixed ones, Example's fields, and the extra
+    names each env class declares in a `columns` class attribute (meta keys; for multi-turn envs
+    also "conversation", "actor"). An env composed with `+` offers what all its parts offer.
+    None when an env name is unknown (validate_env_config reports that)."""
+    from rltool.envs import ENVS  # here: rltool.envs imports gsm8k, which imports this package
+
+    names = cfg.name.split("+")
+    if not all(n in ENVS for n in names):
+        return None
+    extra = set.intersection(*(set(getattr(ENVS[n], "columns", ())) for n in names))
+    return {*FIXED, *COLUMNS, *extra}
+
+
+def validate_reward_config(cfg: RewardConfig, columns: Optional[Collection[str]] = None) -> None:
+    """Raise ConfigError naming the key of the first problem: reward.module, then unknown reward/feedback
+    names, then (with `columns`: the names every row offers) a reward parameter no row can fill."""
+    if cfg.module is not None:
+        load_reward_module(cfg.module)
     for i, term in enumerate(cfg.terms):
         _check_name(REWARDS, f"reward.terms[{i}].name", term.name)
     _check_name(REWARDS, "reward.success", cfg.success)
     if cfg.feedback is not None:
         _check_name(FEEDBACK, "reward.feedback", cfg.feedback)
+    if columns is not None:
+        for name in dict.fromkeys([t.name for t in cfg.terms] + [cfg.success]):
+            REWARDS[name].check(columns)
 
 
 class Scorer:
-    """`scorer(completion, example, num_tokens) -> Score`; stateless after construction."""
+    """`scorer(completion, example, num_tokens) -> Score`, or `score_batch` for many; stateless after construction.
 
-    def __init__(self, cfg: RewardConfig, max_new_tokens: int):
-        validate_reward_config(cfg)
+    Every reward runs once per completion (a name used as a term and as success is not recomputed);
+    a batched reward runs once per `score_batch` call. Per-reward raw values are in `Score.parts`,
+    averaged for logging by `reward_metrics`.
+    """
+
+    def __init__(self, cfg: RewardConfig, max_new_tokens: int, columns: Optional[Collection[str]] = None):
+        validate_reward_config(cfg, columns)
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens={max_new_tokens!r}: must be >= 1")
-        self.terms = [(t.name, REWARDS[t.name], t.weight) for t in cfg.terms]
+        self.terms = [(t.name, t.weight) for t in cfg.terms]
+        self.rewards = {name: REWARDS[name] for name in dict.fromkeys([t.name for t in cfg.terms] + [cfg.success])}
         self.success_name = cfg.success
-        self.success_fn = REWARDS[cfg.success]
         self.feedback_fn = FEEDBACK[cfg.feedback] if cfg.feedback is not None else None
         self.length_penalty = cfg.length_penalty
         self.max_new_tokens = max_new_tokens
 
     @classmethod
-    def from_config(cls, cfg: RewardConfig, max_new_tokens: int) -> "Scorer":
-        return cls(cfg, max_new_tokens)
+    def from_config(cls, cfg: RewardConfig, max_new_tokens: int, columns: Optional[Collection[str]] = None) -> "Scorer":
+        return cls(cfg, max_new_tokens, columns)
 
-    def __call__(self, completion: str, example: Example, num_tokens: int) -> Score:
-        results: dict[str, tuple[Optional[float], str]] = {}  # each reward runs once per completion
-        for name, fn, _ in self.terms:
-            if name not in results:
-                results[name] = call_reward(fn, completion, example)
-        if self.success_name not in results:
-            results[self.success_name] = call_reward(self.success_fn, completion, example)
+    def __call__(self, completion: str, example: Example, num_tokens: int, *, prompt: Any = None,
+                 conversation: Optional[list[dict]] = None, actor: Optional[str] = None) -> Score:
+        """One completion. prompt: what it was generated from (chat messages); conversation, actor: the
+        multi-turn context, for rewards that take those parameters."""
+        return self.score_rows([Row(completion, example, prompt, conversation, actor)], [num_tokens])[0]
 
-        values = [results[name][0] for name, _, _ in self.terms]
-        shaped = None
-        if all(v is not None for v in values):
-            shaped = sum(w * v for (_, _, w), v in zip(self.terms, values))
-            shaped -= self.length_penalty * num_tokens / self.max_new_tokens
+    def score_batch(self, completions: Sequence[str], examples: Sequence[Example], num_tokens: Sequence[int], *,
+                    prompts: Optional[Sequence[Any]] = None, conversations: Optional[Sequence[list[dict]]] = None,
+                    actors: Optional[Sequence[str]] = None) -> list[Score]:
+        """Many completions (e.g. a step's whole rollout): batched rewards see them in one call.
+        The optional context lists are aligned with `completions`."""
+        n = len(completions)
+        for key, seq in (("examples", examples), ("num_tokens", num_tokens), ("prompts", prompts),
+                         ("conversations", conversations), ("actors", actors)):
+            if seq is not None and len(seq) != n:
+                raise ValueError(f"score_batch: {len(seq)} {key} for {n} completions")
+        rows = [Row(c, e, prompts[i] if prompts is not None else None,
+                    conversations[i] if conversations is not None else None,
+                    actors[i] if actors is not None else None) for i, (c, e) in enumerate(zip(completions, examples))]
+        return self.score_rows(rows, num_tokens)
 
-        success_value, success_text = results[self.success_name]
-        text = self.feedback_fn(completion, example) if self.feedback_fn is not None else success_text
-        return Score(
-            reward=shaped,
-            success=1.0 if success_value is not None and success_value > 0 else 0.0,
-            feedback=text,
-            parts={name: value for name, (value, _) in results.items()},
-        )
+    def score_rows(self, rows: Sequence[Row], num_tokens: Sequence[int]) -> list[Score]:
+        results = {name: r.score(rows) for name, r in self.rewards.items()}  # name -> [(value, text)] per row
+        scores = []
+        for i, (row, tokens) in enumerate(zip(rows, num_tokens)):
+            values = [results[name][i][0] for name, _ in self.terms]
+            shaped = None
+            if all(v is not None for v in values):
+                shaped = sum(w * v for (_, w), v in zip(self.terms, values))
+                shaped -= self.length_penalty * tokens / self.max_new_tokens
+            success_value, success_text = results[self.success_name][i]
+            text = self.feedback_fn(row.completion, row.example) if self.feedback_fn is not None else success_text
+            scores.append(Score(reward=shaped, success=1.0 if success_value is not None and success_value > 0 else 0.0,
+                                feedback=text, parts={name: results[name][i][0] for name in self.rewards}))
+        return scores
+
+
+def reward_metrics(scores: Sequence[Score]) -> dict[str, float]:
+    """`reward/<name>`: each reward's raw mean over the completions it could score (None left out;
+    a reward that scored none is absent). The loop averages these per step, next to reward/mean."""
+    out: dict[str, float] = {}
+    for name in dict.fromkeys(n for s in scores for n in s.parts):
+        values = [s.parts[name] for s in scores if s.parts.get(name) is not None]
+        if values:
+            out[f"reward/{name}"] = sum(values) / len(values)
+    return out

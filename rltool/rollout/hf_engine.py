@@ -13,8 +13,8 @@ from rltool.samples import Completion
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, ignore_eos: bool = False):
+        self.model, self.tokenizer, self.ignore_eos = model, tokenizer, ignore_eos
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
@@ -27,6 +27,8 @@ class HFEngine:
         self.model.eval()
         kwargs = dict(do_sample=False) if sampling.greedy else dict(
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        if self.ignore_eos:  # EOS is suppressed until the last token: every completion is max_new_tokens long
+            kwargs["min_new_tokens"] = sampling.max_new_tokens
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                   max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
                                   return_dict_in_generate=True, output_logits=True, pad_token_id=pad,

@@ -1,10 +1,31 @@
-"""Chat messages -> prompt token ids, the one place the chat template is applied."""
+"""Chat messages -> prompt token ids, the one place the chat template is applied.
+
+A prompt is never cut silently: cutting from the left drops the chat header and the task (the
+model then answers something it never saw, and is trained on it). Dataset prompts longer than
+`rollout.max_prompt_len` are left out at setup and counted (`fitting_examples`); prompts an
+algorithm builds (ERL's reflections) are built within the budget by shortening their own parts.
+"""
 from __future__ import annotations
 
+from typing import Callable
 
-def encode_chat(tokenizer, messages: list[dict], max_prompt_len: int) -> list[int]:
-    """Apply the chat template with the assistant turn opened; keep the last `max_prompt_len` tokens."""
+
+class PromptTooLong(ValueError):
+    """A prompt over rollout.max_prompt_len reached the engine: a caller should have skipped or shortened it."""
+
+
+def encode_chat(tokenizer, messages: list[dict], max_prompt_len: int | None = None) -> list[int]:
+    """Apply the chat template with the assistant turn opened. Raises PromptTooLong past max_prompt_len."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if not isinstance(ids, list):  # transformers >= 5 returns a BatchEncoding
         ids = list(ids["input_ids"])
-    return ids[-max_prompt_len:]
+    if max_prompt_len is not None and len(ids) > max_prompt_len:
+        raise PromptTooLong(f"a prompt of {len(ids)} tokens is longer than rollout.max_prompt_len={max_prompt_len}")
+    return ids
+
+
+def fitting_examples(examples: list, messages: Callable[[object], list[dict]], tokenizer,
+                     max_prompt_len: int) -> tuple[list, int]:
+    """The examples whose chat prompt fits in max_prompt_len tokens, and how many were left out."""
+    kept = [e for e in examples if len(encode_chat(tokenizer, messages(e))) <= max_prompt_len]
+    return kept, len(examples) - len(kept)

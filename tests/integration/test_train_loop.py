@@ -29,10 +29,11 @@ def test_steps_logged_with_finite_losses(full_run):
     train_rows = [r for r in rows if "loss/policy" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3]
     for r in train_rows:
-        for key in ("loss/policy", "policy/grad_norm", "policy/entropy", "reward/mean", "perf/tokens_per_s"):
+        for key in ("loss/policy", "policy/grad_norm", "policy/entropy_trained", "reward/mean", "perf/tokens_per_s"):
             assert math.isfinite(r[key]), key
         assert r["rollout/samples"] == 8
     assert "step 1/3" in proc.stdout and "eta" in proc.stdout
+    assert "training prompts (0 left out: longer than rollout.max_prompt_len=512 tokens)" in proc.stdout
 
 
 def test_eval_at_zero_every_and_end(full_run):
@@ -91,7 +92,27 @@ def test_gspo_with_kl_and_iterations(tmp_path):
 
 def test_dapo_dynamic_sampling_with_hf_engine(tmp_path):
     """rollout.engine=hf path; DAPO's dynamic sampling and overlong shaping run in the loop."""
-    rltool("train", *TINY, "algo=dapo", "rollout.engine=hf", "algo.overlong_buffer=8", "trainer.max_steps=1",
+    # filter on the shaped reward: TINY's length penalty makes groups differ even when no answer is right
+    rltool("train", *TINY, "algo=dapo", "algo.dynamic_sampling_metric=reward", "rollout.engine=hf",
+           "algo.overlong_buffer=8", "trainer.max_steps=1",
            "eval.enabled=false", "trainer.save_every=0", f"hydra.run.dir={tmp_path}")
     (row,) = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss/policy" in r]
     assert 1 <= row["rollout/groups"] <= 2 and math.isfinite(row["loss/policy"])
+
+
+def test_console_has_rltool_lines_and_the_run_log_has_vllm(full_run):
+    run, proc = full_run
+    console = proc.stdout + proc.stderr
+    assert "plan:" in proc.stdout and "engine: vllm ready in" in proc.stdout and "eval @ step 0 (" in proc.stdout
+    for noise in ("INFO", "WARNING", "RotaryEmbedding", "vllm.", "Loading safetensors", "it/s]"):
+        assert noise not in console, noise
+    log = (run / "logs" / "rank0.log").read_text()
+    assert "Initializing a V1 LLM engine" in log and "RotaryEmbedding" in log  # vLLM's start and its sync warning
+
+
+def test_final_has_a_model_card(full_run):
+    run, _ = full_run
+    card = (run / "final" / "README.md").read_text()
+    final_acc = by_step(read_jsonl(run / "metrics.jsonl"), "eval/accuracy_strict")[3]
+    assert "trained with **grpo**" in card and f"| eval/accuracy_strict | {final_acc:.4g} |" in card
+    assert (run / "final" / "curves.png").is_file() and "rltool train" in card

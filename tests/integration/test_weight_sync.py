@@ -52,7 +52,7 @@ def test_vllm_follows_trainer_after_step(setup):
 
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)  # LoRA: adapter only
     batch = collate([Sample(prompt, completion, [0.0] * len(completion), group=0, reward=1.0)], pad_id=0)
-    logp, _ = completion_logp(model, batch.input_ids, batch.attention_mask, batch.prompt_width)
+    logp = completion_logp(model, batch.input_ids, batch.attention_mask, batch.prompt_width).logp
     (-logp.sum()).backward()  # push the completion's likelihood up hard
     optimizer.step()
 

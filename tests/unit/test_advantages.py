@@ -1,3 +1,6 @@
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -116,3 +119,35 @@ def test_grpo_matches_reference_on_random_input():
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(KeyError, match="dr_grpo, grpo, reinforce_pp, rloo"):
         ADVANTAGES["gpro"]
+
+
+def test_kl_in_reward_with_the_reinforce_pp_config():
+    # conf/algo/reinforce_pp.yaml: kl_estimator k1, kl_placement reward. One group of four, kl_coef 0.1.
+    # k1 summed over each row's tokens (engine logp - ref logp), padding masked:
+    #   row 0: (-1 - -1.5) = 0.5;  row 1: (-2 - -1) = -1;  row 2: (-1 - -1) + (-3 - -3) = 0;  row 3: (-1 - -2) + (-1 - -2) = 2
+    # rewards [1, 0, 1, 0] -> r - 0.1 * KL = [0.95, 0.1, 1.0, -0.2], mean 0.4625
+    # a = r - mean = [0.4875, -0.3625, 0.5375, -0.6625]; one group, so the batch mean of a is 0 and whitening
+    # divides by the unbiased std: sqrt((0.237656 + 0.131406 + 0.288906 + 0.438906) / 3) = 0.604669
+    # -> [0.806224, -0.599502, 0.888915, -1.095637]
+    from omegaconf import OmegaConf
+
+    from rltool.batch import collate
+    from rltool.config import AlgoConfig
+    from rltool.samples import Sample
+    from rltool.steps import compute_advantages
+
+    yaml = OmegaConf.load(Path(__file__).parents[2] / "conf" / "algo" / "reinforce_pp.yaml")
+    del yaml["defaults"]
+    algo = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AlgoConfig), yaml))
+    algo.kl_coef = 0.1
+    engine = [[-1.0], [-2.0], [-1.0, -3.0], [-1.0, -1.0]]
+    ref = torch.tensor([[-1.5, 9.0], [-1.0, 9.0], [-1.0, -3.0], [-2.0, -2.0]])  # 9.0: padding, masked
+    samples = [Sample(prompt_ids=[1], completion_ids=[5] * len(e), sample_logp=e, group=7, reward=r)
+               for e, r in zip(engine, [1.0, 0.0, 1.0, 0.0])]
+    batch = collate(samples, pad_id=0)
+    batch.ref_logp = ref
+    compute_advantages(samples, batch, SimpleNamespace(algo=algo))
+    assert (algo.kl_estimator, algo.kl_placement) == ("k1", "reward")
+    want = torch.tensor([0.806224, -0.599502, 0.888915, -1.095637])
+    assert_close(torch.tensor([s.adv for s in samples]), want)
+    assert_close(batch.adv, want[:, None] * batch.mask)  # (B, T): broadcast over each row's trained tokens

@@ -30,3 +30,17 @@ def test_informative_groups():
     valid = torch.tensor([1, 1, 0, 1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
     want = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
     assert torch.equal(informative_groups(rewards, group, valid), want)
+
+
+def test_dynamic_sampling_filters_on_success_not_on_the_length_shaped_reward():
+    # group 0: all wrong, rewards differ only by the overlong penalty (0, -0.25) -> no accuracy signal
+    # group 1: one right, one wrong -> informative either way; group 2: all right, rewards tied
+    from rltool.algos.rollouts import keep_informative
+    from rltool.samples import Sample
+
+    rows = [(0, 0.0, 0.0), (0, -0.25, 0.0), (1, 1.0, 1.0), (1, 0.0, 0.0), (2, 1.0, 1.0), (2, 1.0, 1.0)]
+    samples = [Sample(prompt_ids=[1], completion_ids=[2], sample_logp=[0.0], group=g, reward=r, success=s)
+               for g, r, s in rows]
+    assert [s.group for s in keep_informative(samples)] == [1, 1]  # default metric: success
+    assert [s.group for s in keep_informative(samples, "success")] == [1, 1]
+    assert [s.group for s in keep_informative(samples, "reward")] == [0, 0, 1, 1]

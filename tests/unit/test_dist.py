@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from rltool import dist as rdist
 from rltool.config import AlgoConfig
+from rltool.batch import collate
 from rltool.samples import Sample
 from rltool.steps import compute_advantages
 
@@ -22,7 +23,7 @@ def advantages(rows: list[int]) -> list[float]:
     samples = [Sample(prompt_ids=[1], completion_ids=[2], sample_logp=[0.0], group=GROUPS[i], reward=REWARDS[i])
                for i in rows]
     cfg = SimpleNamespace(algo=AlgoConfig(name="t", advantage="dr_grpo"))
-    compute_advantages(samples, SimpleNamespace(ref_logp=None), cfg)
+    compute_advantages(samples, collate(samples, pad_id=0), cfg)
     return [s.adv for s in samples]
 
 

@@ -64,7 +64,7 @@ class ScriptedEngine:
         return self.calls[call][0]
 
 
-def setup(tok, patterns, good=(), reward="gsm8k_strict", examples=None, system_prompt="", **erl):
+def setup(tok, patterns, good=(), reward="gsm8k_strict", examples=None, system_prompt="", max_prompt_len=512, **erl):
     """patterns: one C/W string per prompt. Returns (rollout, engine, examples)."""
     env_cfg = EnvConfig(name="arithmetic", eval_size=2, train_size=40, digits=1, operators=["+"],
                         system_prompt=system_prompt)
@@ -75,7 +75,7 @@ def setup(tok, patterns, good=(), reward="gsm8k_strict", examples=None, system_p
     cfg = Config(algo=AlgoConfig(name="erl", rollout="erl", erl=ErlConfig(**erl)), env=env_cfg,
                  actors=ActorConfig(path="unused"), hardware=HardwareConfig(name="cpu"),
                  reward=RewardConfig(name="t", terms=[RewardTerm(name=reward)], success=reward),
-                 rollout=RolloutConfig(max_new_tokens=64),
+                 rollout=RolloutConfig(max_new_tokens=64, max_prompt_len=max_prompt_len),
                  trainer=TrainerConfig(prompts_per_step=len(examples), group_size=G, micro_batch_size=G))
     engine = ScriptedEngine(tok, examples, dict(zip([e.question for e in examples], patterns)), good)
     ctx = RolloutContext(cfg=cfg, engine=engine, tokenizer=tok, env=env,
@@ -300,6 +300,7 @@ def test_metrics_are_floats_with_stable_keys(tok):
     engine.good = {ex[0].question}
     samples, m = rollout(0)
     assert set(m) == {"erl/gated_frac", "erl/r1", "erl/r2", "erl/lift", "erl/memory_size", "erl/distill_pairs",
+                      "erl/prompt_truncated",
                       "erl/tokens_attempt", "erl/tokens_reflection", "erl/tokens_retry", "rollout/groups"}
     assert all(type(v) is float for v in m.values())
     assert m["erl/tokens_reflection"] == sum(len(s.completion_ids) for s in of(samples, "reflection")) > 0
@@ -315,3 +316,133 @@ def test_state_dict_round_trip_restores_memory(tok):
     assert len(fresh.memory) == 1
     fresh(1)
     assert f"- GOOD plan: add the digits for {ex[0].question}" in engine2.prompts_of(1)[0]
+
+
+LONG_ATTEMPT = "step " * 150 + "so the total is THE-END"  # ~300 tokens, its end a marker
+
+
+def test_reflection_prompt_fits_the_budget_keeping_task_and_the_end_of_the_attempt(tok):
+    # The reflection prompt is ~120 tokens of chat header, task and template, + 82 of memory + a 157-token
+    # attempt = ~360: a budget of 260 leaves ~55 tokens for the attempt.
+    rollout, engine, ex = setup(tok, ["W"], max_prompt_len=260)
+    original = engine.respond
+    engine.respond = lambda text: (LONG_ATTEMPT if REFLECT_MARK not in text and RETRY_MARK not in text
+                                   else original(text))
+    rollout.memory.add(ex[0].question, "lesson one " * 40, step=-1)  # ~80 tokens of memory
+    samples, m = rollout(0)
+    reflections = of(samples, "reflection")
+    assert len(reflections) == G and m["erl/prompt_truncated"] >= G
+    for r in reflections:
+        assert len(r.prompt_ids) <= 260
+        text = tok.decode(r.prompt_ids)
+        assert text.startswith("<|im_start|>") and ex[0].question in text  # header and task kept
+        assert "THE-END" in text  # the end of the attempt kept, its start cut
+        assert 0 < text.count("step") < 150 and "lesson one" in text  # memory kept while the attempt had room
+
+
+def test_memory_is_dropped_after_the_attempt_is_gone(tok):
+    # ~125 tokens of header, task and template + 3 lessons of ~123 = ~495 > 400 even with the attempt omitted:
+    # the least relevant lesson (recency: the oldest, "lesson 0") goes; the task stays.
+    rollout, engine, ex = setup(tok, ["W"], max_prompt_len=400)
+    for i in range(3):
+        rollout.memory.add(ex[0].question, f"lesson {i} " * 40, step=-1)
+    samples, m = rollout(0)
+    reflections = of(samples, "reflection")
+    assert reflections and all(len(r.prompt_ids) <= 400 for r in reflections)
+    text = tok.decode(reflections[0].prompt_ids)
+    assert ex[0].question in text and "lesson 2" in text and "lesson 1" in text and "lesson 0" not in text
+    assert m["erl/prompt_truncated"] >= 1
+
+
+def test_prompts_are_never_cut_from_the_left(tok):
+    from rltool.rollout.prompts import PromptTooLong, encode_chat, fitting_examples
+
+    with pytest.raises(PromptTooLong, match="max_prompt_len=5"):
+        encode_chat(tok, [{"role": "user", "content": "What is 2 + 2?"}], 5)
+    env = ArithmeticEnv(EnvConfig(name="arithmetic", eval_size=2, train_size=10))
+    full = len(encode_chat(tok, env.messages(env.train_examples()[0])))
+    kept, skipped = fitting_examples(env.train_examples(), env.messages, tok, full - 1)
+    assert skipped == 10 - len(kept) and skipped > 0
+    assert all(len(encode_chat(tok, env.messages(e))) <= full - 1 for e in kept)
+
+
+# ---- two ranks (gloo on loopback): one memory, and groups that span the ranks ----
+PATTERNS = ["WCCC", "WWCC", "CCCW", "WWWW"]  # prompts 0, 1 on rank 0; 2, 3 on rank 1
+GOOD = (0, 2, 3)  # reflections on these prompts' attempts lead to a right retry
+
+
+def erl_steps(tok, patterns, examples, good, rank=0):
+    """Two ERL steps; per step the samples' (kind, example, text) -> advantage and the memory after it."""
+    from rltool.batch import collate
+    from rltool.steps import compute_advantages
+
+    rollout, engine, _ = setup(tok, patterns, good=good, examples=examples)
+    rollout.ctx.rank = rank  # group ids unique per rank, as the loop's RolloutContext has them
+    steps = []
+    for step in range(2):
+        samples, _ = rollout(step)
+        compute_advantages(samples, collate(samples, pad_id=0), rollout.ctx.cfg)
+        steps.append({"adv": [((s.kind, s.example_id, s.text), s.adv) for s in samples],
+                      "memory": rollout.memory.state_dict()})
+    return rollout, steps
+
+
+def erl_rank_worker(rank: int, port: int, out) -> None:
+    import torch.distributed as tdist
+
+    from rltool import dist
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        tok = AutoTokenizer.from_pretrained(TOKENIZER)
+        examples = distinct_examples()
+        mine = examples[2 * rank:2 * rank + 2]
+        rollout, steps = erl_steps(tok, PATTERNS[2 * rank:2 * rank + 2], mine,
+                                   [examples[i].question for i in GOOD], rank=rank)
+        saved = dist.broadcast(pickle.dumps(rollout.state_dict()))  # what rank 0 writes into a checkpoint
+        resumed, _, _ = setup(tok, PATTERNS[2 * rank:2 * rank + 2], examples=mine)
+        resumed.load_state_dict(pickle.loads(saved))
+        out[rank] = {"steps": steps, "resumed_memory": resumed.memory.state_dict()}
+    finally:
+        tdist.destroy_process_group()
+
+
+def distinct_examples():
+    env = ArithmeticEnv(EnvConfig(name="arithmetic", eval_size=2, train_size=40, digits=1, operators=["+"]))
+    return list({e.question: e for e in env.train_examples()}.values())[:4]
+
+
+def test_two_ranks_share_one_memory_and_packed_groups_span_the_ranks(tok):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    examples = distinct_examples()
+    _, one = erl_steps(tok, PATTERNS, examples, [examples[i].question for i in GOOD])  # one process, all 4 prompts
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(erl_rank_worker, args=(port, out), nprocs=2, join=True)
+    r0, r1 = out[0], out[1]
+    for step in range(2):
+        assert r0["steps"][step]["memory"] == r1["steps"][step]["memory"] == one[step]["memory"]
+        # every sample's advantage equals the one-process run's (reflection and retry groups normalised over both ranks)
+        two = r0["steps"][step]["adv"] + r1["steps"][step]["adv"]
+        assert sorted(two) == sorted(one[step]["adv"])
+    assert len(one[1]["memory"]["entries"]) >= 3  # lessons from both ranks' prompts
+    assert {a for (kind, _, _), a in one[0]["adv"] if kind == "reflection"} != {0.0}  # the check has teeth
+    assert r0["resumed_memory"] == r1["resumed_memory"] == one[1]["memory"]
+
+
+def test_each_reward_is_logged_over_the_first_attempts(tok):
+    # prompt 0 right on 2 of 4 attempts ("WWCC"); reflections/retries (right after a GOOD plan) must not count
+    from rltool.batch import collate
+    from rltool.steps import rollout_metrics
+
+    rollout, engine, ex = setup(tok, ["WWCC"])
+    engine.good = {ex[0].question}
+    samples, _ = rollout(0)
+    m = rollout_metrics(samples, collate(samples, pad_id=0))
+    assert m["reward/gsm8k_strict"] == 0.5 == m["reward/success"]
+    assert any(s.reward == 1.0 for s in samples if not s.first_attempt)  # retries scored 1, left out above

@@ -43,3 +43,47 @@ def test_k1_and_k3_are_unbiased_on_samples_from_pi():
     for name in ("k1", "k3"):
         est = (pi * KL_ESTIMATORS[name](pi.log()[None], ref.log()[None])[0]).sum()
         assert_close(est, torch.tensor(kl))
+
+
+def test_issue_example_gives_finite_gradients_on_masked_and_extreme_tokens():
+    # logp=[[-1,-95]], ref=[[-1.2,0]], mask=[[1,0]]: ref - logp = 95 on the masked token, exp(95) = inf in fp32.
+    # k3 on the kept token: d = ref - logp = -0.2 -> exp(-0.2) + 0.2 - 1 = 0.018731; grad wrt logp = 1 - exp(-0.2) = 0.181269
+    logp = torch.tensor([[-1.0, -95.0]], requires_grad=True)
+    ref, mask = torch.tensor([[-1.2, 0.0]]), torch.tensor([[1.0, 0.0]])
+    (KL_ESTIMATORS["k3"](logp, ref) * mask).sum().backward()
+    assert_close(logp.grad, torch.tensor([[0.181269, 0.0]]))
+
+
+def test_every_estimator_has_finite_values_and_gradients_on_extreme_inputs():
+    # log-ratios of +-1e4 (far beyond exp's fp32 range of ~88.7), with and without a mask
+    logp = torch.tensor([[-1e4, 0.0, -3.0, -100.0]], requires_grad=True)
+    ref = torch.tensor([[0.0, -1e4, -3.0, 0.0]])
+    for name in KL_ESTIMATORS.names():
+        for mask in (torch.ones(1, 4), torch.tensor([[0.0, 0.0, 1.0, 0.0]])):
+            logp.grad = None
+            value = KL_ESTIMATORS[name](logp, ref)
+            (value * mask).sum().backward()
+            assert torch.isfinite(value).all() and torch.isfinite(logp.grad).all(), name
+
+
+def test_k3_log_ratio_clamp_leaves_ordinary_values_alone():
+    # |ref - logp| <= 20 is untouched: d = ref - logp = 19.9 -> e^19.9 - 20.9 = 4.39e8 -> bounded at 10 as before;
+    # d = -19.9 -> e^-19.9 + 19.9 - 1 = 18.9 -> bounded at 10. d = 2 -> e^2 - 3 = 4.389056
+    out = KL_ESTIMATORS["k3"](torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[19.9, -19.9, 2.0]]))
+    assert_close(out, torch.tensor([[10.0, 10.0, 4.389056]]))
+
+
+def test_kl_importance_ratio_token_and_sequence():
+    from rltool.algos.kl import kl_importance_ratio
+
+    # log(pi/pi_old) = [0.2, -0.4, 9 (masked)]: token -> exp of each; sequence -> exp(mean over mask) = exp(-0.1)
+    logp, old = torch.tensor([[0.2, -0.4, 9.0]]), torch.zeros(1, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    assert_close(kl_importance_ratio(logp, old, mask, "token"), torch.tensor([[1.221403, 0.670320, 8103.083928]]))
+    assert_close(kl_importance_ratio(logp, old, mask, "sequence"), torch.full((1, 3), 0.904837))
+    # differentiable: with old = logp detached the value is 1 and the gradient is that of logp
+    x = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    r = kl_importance_ratio(x, x.detach(), torch.ones(1, 2), "token")
+    r.sum().backward()
+    assert_close(r.detach(), torch.ones(1, 2))
+    assert_close(x.grad, torch.ones(1, 2))

@@ -104,8 +104,8 @@ def test_adapter_disabled_is_the_base_model():
     assert not torch.allclose(logits(model), base_logits, atol=1e-3)
     # completion_logp's call: input_ids, attention_mask, position_ids, logits_to_keep, use_cache
     with torch.no_grad():
-        ref_logp, _ = completion_logp(ref, IDS, MASK, prompt_width=2)
-        base_logp, _ = completion_logp(tiny_model(), IDS, MASK, prompt_width=2)
+        ref_logp = completion_logp(ref, IDS, MASK, prompt_width=2).logp
+        base_logp = completion_logp(tiny_model(), IDS, MASK, prompt_width=2).logp
     assert_close(ref_logp, base_logp, atol=1e-6, rtol=0)
     assert_close(ref(input_ids=IDS, attention_mask=MASK).logits, base_logits, atol=1e-6, rtol=0)
     # disable_adapter() clears requires_grad on the adapter; leaving it must restore it for the update.

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rltool.algos.losses import AGG_MODES, POLICY_LOSSES, LossParams, agg_loss, sft_loss
+from rltool.algos.losses import AGG_MODES, POLICY_LOSSES, LossParams, StepCounts, agg_loss, sft_loss
 
 TESTED_LOSSES = {"clip"}
 TESTED_AGG = {"grpo", "bnpo", "dr_grpo", "dapo"}
@@ -115,12 +115,15 @@ def test_sft_loss():
 
 
 # Two micro-batches of one optimizer step (T = max_len = 3):
-#   mb1 loss [[1,2,3],[4,5,6]] mask [[1,1,0],[1,1,1]];  mb2 loss [[2,4,6]] mask [[1,0,0]]
-# totals: num_seqs 3, num_tokens 2 + 3 + 1 = 6, masked sums 3 + 15 = 18 and 2.
+#   mb1 loss [[1,2,3],[4,5,6]] mask [[1,1,0],[1,1,1]];  mb2 loss [[2,4,6],[9,9,9]] mask [[1,0,0],[0,0,0]]
+# totals: num_seqs 3 (rows with a trained token), num_rows 4 (the overlong-masked row too),
+# num_tokens 2 + 3 + 1 = 6, masked sums 3 + 15 = 18 and 2.
 MICRO = [
     (torch.tensor([[1.0, 2, 3], [4, 5, 6]]), torch.tensor([[1.0, 1, 0], [1, 1, 1]])),
-    (torch.tensor([[2.0, 4, 6]]), torch.tensor([[1.0, 0, 0]])),
+    (torch.tensor([[2.0, 4, 6], [9, 9, 9]]), torch.tensor([[1.0, 0, 0], [0, 0, 0]])),
 ]
+COUNTS = StepCounts(num_seqs=3, num_rows=4, num_tokens=6, max_len=3, num_micro=2)
+ONE = StepCounts(num_seqs=1, num_rows=1, num_tokens=1, max_len=1, num_micro=1)
 
 
 @pytest.mark.parametrize(
@@ -128,24 +131,24 @@ MICRO = [
     [
         ("grpo", (1.5 + 5.0 + 2.0) / 3),  # seq token-means (1+2)/2, (4+5+6)/3, 2/1, mean over 3 seqs = 2.833333
         ("bnpo", (18 / 5 + 2 / 1) / 2),  # micro token-means 3.6 and 2, mean over 2 micro = 2.8
-        ("dr_grpo", 20 / (3 * 3)),  # masked sum 20 / (num_seqs 3 * max_len 3) = 2.222222
+        ("dr_grpo", 20 / (4 * 3)),  # masked sum 20 / (num_rows 4 * max_len 3) = 1.666667: all rows, as TRL
         ("dapo", 20 / 6),  # masked sum 20 / 6 tokens = 3.333333
     ],
 )
 def test_agg_over_micro_batches_sums_to_global_objective(mode, objective):
-    parts = [agg_loss(l, m, mode, num_seqs=3, num_tokens=6, max_len=3, num_micro=2) for l, m in MICRO]
+    parts = [agg_loss(l, m, mode, COUNTS) for l, m in MICRO]
     assert_close(sum(parts), torch.tensor(objective))
 
 
 def test_agg_unknown_mode_lists_valid_ones():
     loss, mask = MICRO[1]
     with pytest.raises(ValueError, match="bnpo, dapo, dr_grpo, grpo"):
-        agg_loss(loss, mask, "token_mean", num_seqs=1, num_tokens=1, max_len=3, num_micro=1)
+        agg_loss(loss, mask, "token_mean", ONE)
 
 
 def test_agg_ignores_masked_tokens():
     # a huge value on a masked token must not leak into any mode
     loss, mask = torch.tensor([[1.0, 1e9]]), torch.tensor([[1.0, 0.0]])
     for mode in AGG_MODES:
-        out = agg_loss(loss, mask, mode, num_seqs=1, num_tokens=1, max_len=1, num_micro=1)
+        out = agg_loss(loss, mask, mode, ONE)
         assert math.isclose(out.item(), 1.0)

@@ -89,3 +89,16 @@ def test_plot_run_writes_png_and_summarize_eval_returns_eval_rows(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert summarize_eval(tmp_path) == [(2, {"eval/accuracy_strict": 0.4, "eval/format_rate": 0.9}),
                                         (4, {"eval/accuracy_strict": 0.8, "eval/format_rate": 0.9})]
+
+
+def test_tensorboard_event_file_holds_the_step_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLog(tmp_path, enabled=True, logger=["tensorboard"], config={}, run_name="t")
+    log.log(1, {"reward/mean": torch.tensor(0.25), "loss/policy": 0.5})
+    log.log(2, {"reward/mean": 0.75, "eval/accuracy_strict": 0.5})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert {"reward/mean", "loss/policy", "eval/accuracy_strict"} <= set(events.Tags()["scalars"])
+    assert [(e.step, e.value) for e in events.Scalars("reward/mean")] == [(1, 0.25), (2, 0.75)]
+    assert [(e.step, e.value) for e in events.Scalars("eval/accuracy_strict")] == [(2, 0.5)]

@@ -51,12 +51,23 @@ def cfg(**over):
 
 def test_parts_by_hand_fp32_cpu():
     hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
-    _, gib = memory_plan(cfg(), hw, Shape.from_dict(TINY), 64 * GIB)
+    _, gib = memory_plan(cfg(trainer=TrainerConfig(micro_batch_size=2, logprob_impl="plain")), hw,
+                         Shape.from_dict(TINY), 64 * GIB)
     to_bytes = {k: round(v * GIB) for k, v in gib.items()}
     # weights 388*4, grads 388*4, Adam 388*8; activations: 2*(4+4) tokens * 2 layers * (10*4 + 4*8)*4 bytes = 9216
     # logits 2*4*10*4*3 = 960; engine 1 GiB + 388*4
     assert to_bytes == {"weights": 1552, "grads": 1552, "optimizer": 3104, "activations": 9216, "logits": 960,
                         "reference": 0, "engine": GIB + 1552}
+
+
+def test_logits_follow_the_logprob_path():
+    hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
+    logits = {impl: round(memory_plan(cfg(trainer=TrainerConfig(micro_batch_size=2, logprob_impl=impl,
+                                                                logprob_chunk_size=3)),
+                                      hw, Shape.from_dict(TINY), 64 * GIB)[1]["logits"] * GIB)
+              for impl in ("plain", "chunked")}
+    # plain: 2*4 tokens * V 10 * 4 bytes * 3 copies = 960; chunked: 3 tokens * 10 * 4 * 3 = 360 + fp32 head grad 10*4*4 = 160
+    assert logits == {"plain": 960, "chunked": 520}
 
 
 def test_lora_trains_the_adapter_only_and_needs_no_reference_copy():

@@ -1,0 +1,48 @@
+"""Text environments for encoder agents (algo=ppo): every state and action is a string.
+
+One file per environment, registered by name. The built-in ones wrap gymnasium's toy-text envs and
+describe each state in words (their templates are in each file's docstring); bandit_text is written
+against the bare `TextEnv` interface (text_env.py), the way a user environment is.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Callable
+
+from rltool.config import ConfigError, EnvConfig
+from rltool.registry import Registry
+
+TEXT_ENVS: Registry[Callable[[EnvConfig], object]] = Registry("text environment")
+register_text_env = TEXT_ENVS.register
+
+
+def validate_text_env_config(cfg: EnvConfig) -> None:
+    """ConfigError if env.name is not a registered text environment (builds nothing)."""
+    if cfg.name not in TEXT_ENVS:
+        raise ConfigError(f"env.name={cfg.name!r}: unknown text environment; valid: {', '.join(TEXT_ENVS.names())}")
+
+
+def make_vector_env(cfg: EnvConfig, num_envs: int):
+    """`num_envs` copies in gymnasium's SyncVectorEnv; an episode that ends is reset in the same step
+    (SAME_STEP autoreset), its last description in info["final_obs"]. The caller's first
+    `envs.reset(seed=s)` seeds copy i with s + i; later resets continue each copy's RNG."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from rltool.envs.text_gym.text_env import GymTextEnv
+
+    validate_text_env_config(cfg)
+    envs = SyncVectorEnv([lambda: GymTextEnv(TEXT_ENVS[cfg.name](cfg)) for _ in range(num_envs)],
+                         autoreset_mode=AutoresetMode.SAME_STEP)
+    return envs
+
+
+def _import_environments() -> None:
+    """Every module of this package registers itself when imported: a new environment is one file here
+    (plus its YAML in conf/env/), with no list to edit."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "text_env":
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_environments()  # last: the modules use register_text_env, defined above

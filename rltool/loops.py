@@ -1,0 +1,104 @@
+"""Training loops by name: `algo.loop` picks one, the CLI checks the config with it and runs it.
+
+    lm   rltool/train.py       language models: vLLM rollouts, the GRPO family, ERL
+    ppo  rltool/ppo_train.py   encoder agents: PPO over a pretrained text encoder on text environments
+
+Each entry is a `Loop(check, train)`. `check(config)` runs after the schema checks and before anything
+heavy loads, raising ConfigError; `train(config)` returns the final eval metrics (a multirun tables them).
+Both import their modules when called, so importing this file stays cheap (no torch): `rltool validate`
+and config errors remain instant. A new loop is one module plus one entry here, not a branch in cli.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+from rltool.config import ConfigError
+from rltool.registry import Registry
+
+if TYPE_CHECKING:
+    from rltool.config import Config
+
+
+class Loop(NamedTuple):
+    check: Callable[["Config"], None]
+    train: Callable[["Config"], dict]
+
+
+LOOPS: Registry[Loop] = Registry("training loop")
+
+
+def check_lm(config: "Config") -> None:
+    from rltool.cli import check_lm_config  # the LM checks live with the CLI that always ran them
+
+    check_lm_config(config)
+
+
+def train_lm(config: "Config") -> dict:
+    from rltool.train import train
+
+    return train(config)
+
+
+def check_ppo(config: "Config") -> None:
+    """Text environment, encoder path, registered pieces and batch shape of an encoder-agent run."""
+    from rltool.envs.text_gym import validate_text_env_config
+
+    validate_text_env_config(config.env)
+    check_encoder_path(config.actors.path, config.actors.encoder.trainable_layers)
+    from rltool.algos.gae import STEP_ADVANTAGES
+    from rltool.algos.losses import POLICY_LOSSES
+    from rltool.algos.value_losses import VALUE_LOSSES
+
+    a = config.algo
+    for key, value, registry in (("algo.advantage", a.advantage, STEP_ADVANTAGES), ("algo.loss", a.loss, POLICY_LOSSES),
+                                 ("algo.ppo.value_loss", a.ppo.value_loss, VALUE_LOSSES)):
+        if value not in registry:
+            raise ConfigError(f"{key}={value!r}: unknown for algo.loop=ppo; valid: {', '.join(registry.names())}")
+    batch = a.ppo.num_steps * config.trainer.num_envs
+    if batch % a.ppo.num_minibatches:
+        raise ConfigError(f"algo.ppo.num_minibatches={a.ppo.num_minibatches}: must divide algo.ppo.num_steps x "
+                          f"trainer.num_envs = {batch}")
+    if config.hardware.num_processes != 1:
+        raise ConfigError(f"hardware.num_processes={config.hardware.num_processes}: algo.loop=ppo runs in one process; "
+                          "use hardware=cpu or hardware=gpu1")
+
+
+def check_encoder_path(path: str, trainable_layers: int) -> None:
+    """embedded:all-minilm-l6-v2, a local encoder directory, or a hub id; trainable_layers <= its layers."""
+    import re
+
+    from rltool.actors.token_encoder import EMBEDDED_MINILM
+
+    if path.startswith("embedded:"):
+        if path != EMBEDDED_MINILM:
+            raise ConfigError(f"actors.path={path!r}: not an embedded encoder; algo=ppo reads states with one: "
+                              f"actors=minilm_agent ({EMBEDDED_MINILM}) or a local encoder directory")
+        from rltool.actors.text_encoder import minilm_dir
+
+        try:
+            path = str(minilm_dir())
+        except RuntimeError as e:
+            raise ConfigError(f"actors.path={EMBEDDED_MINILM!r}: {e}") from None
+    elif not os.path.isdir(path):
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+            raise ConfigError(f"actors.path={path!r}: no such directory; expected a local encoder directory, a hub id "
+                              f"(org/name) or {EMBEDDED_MINILM}")
+        return  # a hub id: its layer count is known once it loads
+    config_json = os.path.join(path, "config.json")
+    if not os.path.isfile(config_json):
+        raise ConfigError(f"actors.path={path!r}: directory has no config.json (expected a HF encoder directory)")
+    layers = json.load(open(config_json)).get("num_hidden_layers", 0)
+    if trainable_layers > layers:
+        raise ConfigError(f"actors.encoder.trainable_layers={trainable_layers}: must be <= the encoder's {layers} layers")
+
+
+def train_ppo(config: "Config") -> dict:
+    from rltool.ppo_train import train
+
+    return train(config)
+
+
+LOOPS.register("lm")(Loop(check_lm, train_lm))
+LOOPS.register("ppo")(Loop(check_ppo, train_ppo))

@@ -1,0 +1,143 @@
+"""Encoder agent vs the standard peer: rltool's PPO over MiniLM-read text against stable-baselines3 PPO on
+each environment's native observation (one-hot state index; Blackjack's tuple flattened to one-hots).
+
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python scripts/bench_ppo.py --envs frozenlake blackjack
+    .venv/bin/python scripts/bench_ppo.py --rltool-run blackjack=/tmp/runs/blackjack   # reuse a finished run
+
+Same environment, env-step budget, seed, rollout shape (envs x steps), epochs (4), minibatches (4), lr
+2.5e-4 annealed, gamma, GAE lambda 0.95, clip 0.2, entropy bonus, value 0.5, grad clip 0.5 (cleanrl's
+defaults, which both follow, with the per-environment changes in ENVS applied to both). The peer's value
+loss is unclipped (SB3 default clip_range_vf=None).
+Both evaluate greedily on the same number of episodes. Reported per env and learner: final mean
+return, success rate, wall seconds, and seconds per env step. Needs `pip install -e '.[bench]'`.
+Numbers on a shared machine are noisy: the load average is recorded next to them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# name -> (rltool overrides, gymnasium id, gym kwargs, env steps, eval episodes, max_episode_steps or None)
+ENVS = {
+    "frozenlake": (["env=frozenlake_text"], "FrozenLake-v1", {"map_name": "4x4", "is_slippery": False}, 100_000, 1000, None),
+    "frozenlake_slippery": (["env=frozenlake_text", "env.slippery=true", "algo.ppo.gamma=0.999", "algo.ppo.ent_coef=0.05",
+                             "trainer.num_envs=16"],
+                            "FrozenLake-v1", {"map_name": "4x4", "is_slippery": True}, 600_000, 1000, None),
+    "blackjack": (["env=blackjack_text"], "Blackjack-v1", {"sab": True}, 200_000, 10_000, None),
+    # a uniform policy reaches the goal in 2% of 200-step episodes, 6% of 500-step ones: long episodes, a large
+    # entropy bonus and an unclipped value loss (returns of -100s) are what let either learner find it
+    "cliffwalking": (["env=cliffwalking_text", "env.max_episode_steps=500", "algo.ppo.value_loss=mse",
+                      "algo.ppo.ent_coef=0.1", "trainer.num_envs=32", "algo.ppo.num_steps=32"],
+                     "CliffWalking-v1", {}, 300_000, 4, 500),
+    "taxi": (["env=taxi_text"], "Taxi-v4", {}, 300_000, 100, None),
+}
+
+
+def ppo_overrides(overrides: list[str]) -> dict:
+    """The PPO settings an rltool override list changes, for the peer (gamma, ent_coef, num_envs, num_steps)."""
+    out = {"gamma": 0.99, "ent_coef": 0.01, "num_envs": 8, "num_steps": 128}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in ("algo.ppo.gamma", "algo.ppo.ent_coef"):
+            out[key.split(".")[-1]] = float(value)
+        elif key in ("trainer.num_envs", "algo.ppo.num_steps"):
+            out[key.split(".")[-1]] = int(value)
+    return out
+
+
+def run_rltool(name: str, seed: int, run_dir: Path | None) -> dict:
+    overrides, _, _, steps, episodes, _ = ENVS[name]
+    if run_dir is None:
+        run_dir = REPO / "bench_results" / f"ppo_{name}_seed{seed}"
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "rltool.cli", "train", "algo=ppo", "actors=minilm_agent", *overrides,
+                        f"trainer.total_env_steps={steps}", f"algo.ppo.eval_episodes={episodes}", f"seed={seed}",
+                        f"hydra.run.dir={run_dir}"], check=True, cwd=REPO)
+        wall = time.perf_counter() - started
+    else:
+        wall = None
+    from rltool.metrics import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")  # one row per step: a resumed run re-logs some steps
+    final = [r for r in rows if "eval/return" in r][-1]
+    trained = [r for r in rows if "rollout/return" in r]
+    env_steps = trained[-1]["step"]
+    if wall is None:  # a reused run: the sum of its rollouts' times (evals excluded)
+        starts = [0] + [r["step"] for r in trained[:-1]]
+        wall = sum((r["step"] - s0) / r["perf/env_steps_per_s"] for s0, r in zip(starts, trained))
+    return {"return": final["eval/return"], "success": final.get("eval/success"), "env_steps": env_steps,
+            "wall_s": round(wall, 1), "s_per_env_step": wall / env_steps, "run_dir": str(run_dir)}
+
+
+def run_sb3(name: str, seed: int) -> dict:
+    import gymnasium as gym
+    import numpy as np
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    overrides, env_id, kwargs, steps, episodes, limit = ENVS[name]
+    s = ppo_overrides(overrides)
+
+    def make():
+        env = gym.make(env_id, **kwargs, **({"max_episode_steps": limit} if limit else {}))
+        return gym.wrappers.FlattenObservation(env) if isinstance(env.observation_space, gym.spaces.Tuple) else env
+
+    envs = make_vec_env(make, n_envs=s["num_envs"], seed=seed)
+    batch = s["num_steps"] * s["num_envs"]
+    model = PPO("MlpPolicy", envs, n_steps=s["num_steps"], batch_size=batch // 4, n_epochs=4, learning_rate=lambda f: 2.5e-4 * f,
+                gamma=s["gamma"], gae_lambda=0.95, clip_range=0.2, ent_coef=s["ent_coef"], vf_coef=0.5,
+                max_grad_norm=0.5, seed=seed, device="cpu", verbose=0)
+    started = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    wall = time.perf_counter() - started
+    env, returns, wins = make(), [], []
+    for i in range(episodes):  # greedy, as rltool's eval
+        obs, _ = env.reset(seed=seed + 1_000_003 + i)
+        total, done = 0.0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(int(action))
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+        wins.append(terminated and (reward > 0 or name in ("cliffwalking", "taxi")))  # as the text envs count it
+    return {"return": float(np.mean(returns)), "success": float(np.mean(wins)), "env_steps": model.num_timesteps,
+            "wall_s": round(wall, 1), "s_per_env_step": wall / model.num_timesteps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rltool-run", nargs="*", default=[], metavar="ENV=RUN_DIR",
+                   help="reuse a finished `rltool train` run instead of training again")
+    p.add_argument("--skip-rltool", action="store_true", help="only the stable-baselines3 peer")
+    p.add_argument("--skip-sb3", action="store_true", help="only rltool")
+    p.add_argument("--out", default="bench_results/ppo.json", help="rows are merged into an existing file")
+    args = p.parse_args()
+    reuse = dict(r.split("=", 1) for r in args.rltool_run)
+    out = REPO / args.out
+    result = json.loads(out.read_text()) if out.is_file() else {"cpus": os.cpu_count(), "seed": args.seed, "envs": {}}
+    for name in args.envs:
+        row = result["envs"].setdefault(name, {})
+        row |= {"env_steps_budget": ENVS[name][3], "eval_episodes": ENVS[name][4]}
+        if not args.skip_rltool:
+            row["rltool"] = run_rltool(name, args.seed, Path(reuse[name]) if name in reuse else None)
+            row["rltool"]["load_avg_after"] = os.getloadavg()
+        if not args.skip_sb3:
+            row["sb3"] = run_sb3(name, args.seed)
+            row["sb3"]["load_avg_after"] = os.getloadavg()
+        print(name, json.dumps(row), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")  # after every env: a long run keeps what it finished
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
