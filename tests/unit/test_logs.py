@@ -4,7 +4,21 @@ import os
 import sys
 import warnings
 
+import pytest
+
 from rltool.logs import Tally, routed_logs
+
+
+@pytest.fixture(autouse=True)
+def vllm_loggers_as_in_a_cli_run():
+    """In `rltool train` vLLM is first imported inside routed_logs (VLLM_CONFIGURE_LOGGING=0), so its
+    loggers have no handler of their own and propagate. A test that ran vLLM earlier in this pytest
+    process left vLLM's own console handler on them: take it off for these tests, then put it back."""
+    logger = logging.getLogger("vllm")
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [], True
+    yield
+    logger.handlers, logger.propagate = saved
 
 
 def test_library_logs_stderr_and_warnings_go_to_the_file(tmp_path, capfd):

@@ -61,7 +61,9 @@ def test_feedback(name, completion, answer, text):
 
 
 def test_every_registered_function_has_a_test():
-    assert set(REWARDS.names()) - set(REWARD_CASES) == set()
+    # rltool's own rewards; tests and scripts (bench_vs_trl's bench_chars) may register more in this process
+    shipped = {n for n in REWARDS.names() if REWARDS[n].fn.__module__.startswith("rltool.")}
+    assert shipped - set(REWARD_CASES) == set()
     assert set(FEEDBACK.names()) - set(FEEDBACK_CASES) == set()
 
 
