@@ -57,11 +57,12 @@ def compute_advantages(samples: list[Sample], batch: Batch, cfg: Config) -> None
     groups = torch.tensor([s.group for s in samples])  # (B,) ids unique across ranks
     (all_rewards, offset), (all_groups, _), (all_valid, _) = (dist.gather_cat(x) for x in (rewards, groups, valid))
     adv = ADVANTAGES[a.advantage](all_rewards, all_groups, all_valid)[offset:offset + len(samples)]  # (B,)
+    batch.adv = torch.zeros_like(batch.mask)  # (B, T)
     for i, s in enumerate(samples):
         if s.adv is None and s.token_adv is None:
             s.adv = float(adv[i])
-    batch.adv = torch.nn.utils.rnn.pad_sequence([token_advantages(s) for s in samples], batch_first=True,
-                                                 padding_value=0.0)[:, :batch.mask.shape[1]] * batch.mask  # (B, T)
+        row = token_advantages(s)
+        batch.adv[i, :len(row)] = row * batch.mask[i, :len(row)]
 
 
 def split_updates(samples: list[Sample], batch: Batch) -> list[Batch]:
