@@ -79,8 +79,11 @@ def run_rltool(name: str, seed: int, run_dir: Path | None) -> dict:
 def run_sb3(name: str, seed: int) -> dict:
     import gymnasium as gym
     import numpy as np
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
+    try:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.env_util import make_vec_env
+    except ImportError:  # the peer is a benchmark-only dependency, not part of `make setup`
+        raise SystemExit("bench_ppo.py: stable-baselines3 is not installed; pip install -e '.[bench]'") from None
 
     overrides, env_id, kwargs, steps, episodes, limit = ENVS[name]
     s = ppo_overrides(overrides)

@@ -284,23 +284,21 @@ def schedules(spec: Spec, seed: int, groups: int, group_size: int, per: str = "g
 
 def max_turns(spec: Spec | Node) -> int:
     """The longest schedule the spec can yield (for token budgets)."""
-    node = spec.root if isinstance(spec, Spec) else spec
-    if isinstance(node, (Name, Wildcard)):
-        return 1
-    if isinstance(node, Seq):
-        return sum(max_turns(i) for i in node.items)
-    if isinstance(node, Alt):
-        return max(max_turns(o) for o in node.options)
-    return node.high * max_turns(node.node)
+    return _turns(spec, max)
 
 
 def min_turns(spec: Spec | Node) -> int:
     """The shortest schedule the spec can yield (>= 1)."""
+    return _turns(spec, min)
+
+
+def _turns(spec: Spec | Node, pick) -> int:
+    """Schedule length when every alternative and repetition count is chosen by `pick` (min or max)."""
     node = spec.root if isinstance(spec, Spec) else spec
     if isinstance(node, (Name, Wildcard)):
         return 1
     if isinstance(node, Seq):
-        return sum(min_turns(i) for i in node.items)
+        return sum(_turns(i, pick) for i in node.items)
     if isinstance(node, Alt):
-        return min(min_turns(o) for o in node.options)
-    return node.low * min_turns(node.node)
+        return pick(_turns(o, pick) for o in node.options)
+    return pick(node.low, node.high) * _turns(node.node, pick)
