@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rltool import launch
-from rltool.config import Config, ConfigError, register_configs
+from rltool.config import ACTOR_KEYS, Config, ConfigError, register_configs
+from rltool.guard import RunAborted
 from rltool.loops import LOOPS
 from rltool.sweep import run_job
 
@@ -43,7 +44,17 @@ def to_config(cfg: DictConfig) -> Config:
         raise ConfigError(f"algo.loop={config.algo.loop!r}: unknown; valid: {', '.join(LOOPS.names())}")
     LOOPS[config.algo.loop].check(config)  # lm: check_lm_config below; ppo: rltool/loops.py
     check_resume(config)
+    check_loggers(config)
     return config
+
+
+def check_loggers(config: Config) -> None:
+    """trainer.logger=wandb without wandb installed would fail only after the model has loaded."""
+    import importlib.util
+
+    if "wandb" in config.trainer.logger and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"trainer.logger={config.trainer.logger!r}: wandb is not installed; pip install wandb, "
+                          "or use trainer.logger=tensorboard or none")
 
 
 def check_lm_config(config: Config) -> None:
@@ -55,18 +66,23 @@ def check_lm_config(config: Config) -> None:
     validate_reward_config(config.reward, env_columns(config.env))  # imports reward.module first
     check_registries(config)
     check_device(config)
-    check_model_path(config.actors.path)
+    for actor in config.actors.values():
+        check_model_path(actor.path, f"actors.{actor.name}.path")
 
 
 def check_resume(config: Config) -> None:
     """resume= names a checkpoint this run can continue (found, and saved with the same kind of launch)."""
-    from rltool.ckpt import check_resumable
+    from rltool.ckpt import check_resumable, load_trainer_state
 
     if config.resume:
         try:
-            check_resumable(config.resume, zero3=config.hardware.zero_stage == 3)
+            ckpt = check_resumable(config.resume, zero3=config.hardware.zero_stage == 3)
         except FileNotFoundError as e:
             raise ConfigError(str(e)) from None
+        try:  # read now, not after the model and engine have loaded (the PPO loop's holds pickled env states)
+            load_trainer_state(ckpt, pickled=config.algo.loop != "lm")
+        except ValueError as e:
+            raise ConfigError(f"resume={config.resume}: {e}") from None
 
 
 def check_registries(config: Config) -> None:
@@ -92,12 +108,13 @@ def check_device(config: Config) -> None:
         raise ConfigError("rollout.engine=hf: HF generate does not run on ZeRO-3 sharded weights; use rollout.engine=vllm")
     if h.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"hardware={h.name}: asks for device=cuda but no GPU is visible; use hardware=cpu or hardware=auto")
-    if config.actors.qlora and h.device == "auto" and not torch.cuda.is_available():
-        raise ConfigError("actors.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none is visible; "
-                          "use actors.lora.r=16 on CPU")
+    for actor in config.actors.values():
+        if actor.qlora and h.device == "auto" and not torch.cuda.is_available():
+            raise ConfigError(f"actors.{actor.name}.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none is "
+                              "visible; use lora.r=16 on CPU")
 
 
-def check_model_path(path: str) -> None:
+def check_model_path(path: str, key: str = "actors.path") -> None:
     """A local directory, `embedded:<name>`, or a hub id `org/name`; anything else is a typo."""
     import re
 
@@ -105,13 +122,15 @@ def check_model_path(path: str) -> None:
 
     if path.startswith(PREFIX):
         if path[len(PREFIX):] not in EMBEDDED:
-            raise ConfigError(f"actors.path={path!r}: unknown embedded model; valid: "
+            raise ConfigError(f"{key}={path!r}: unknown embedded model; valid: "
                               + ", ".join(PREFIX + n for n in EMBEDDED))
     elif os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")):
-            raise ConfigError(f"actors.path={path!r}: directory has no config.json (expected a HF model directory)")
+            inside = sorted(d for d in os.listdir(path) if os.path.exists(os.path.join(path, d, "config.json")))
+            hint = f"; it holds the actors {', '.join(inside)}: name one, e.g. {os.path.join(path, inside[0])}" if inside else ""
+            raise ConfigError(f"{key}={path!r}: directory has no config.json (expected a HF model directory){hint}")
     elif not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
-        raise ConfigError(f"actors.path={path!r}: no such directory; expected a local HF directory, a hub id "
+        raise ConfigError(f"{key}={path!r}: no such directory; expected a local HF directory, a hub id "
                           "(org/name) or embedded:smollm2-135m-instruct")
 
 
@@ -122,6 +141,8 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
     config = to_config(cfg)
     if not config.output_dir:
         config.output_dir = HydraConfig.get().runtime.output_dir
+    if command == "train" and not launch.launched():  # launched ranks write where this process chose
+        own_run_dir(config)
     if command == "validate":
         print(OmegaConf.to_yaml(cfg, resolve=True))  # the values the run would use
         print("rltool: config OK", file=sys.stderr)
@@ -142,6 +163,25 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
 
     with routed_logs(config):
         return evaluate_main(config)
+
+
+def own_run_dir(config: Config) -> None:
+    """A fresh run claims a directory no other run uses; a resume from an older checkpoint first
+    moves the run's newer ones aside, so continuing never overwrites them (rltool/run_dir.py)."""
+    from rltool import run_dir
+
+    if config.resume:
+        from rltool.ckpt import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(config.resume)
+        aside = run_dir.move_newer_aside(ckpt)
+        if aside is not None:
+            print(f"resume: {ckpt.name} is older than this run's newest checkpoints; they are kept in {aside}")
+        return
+    wanted = config.output_dir
+    config.output_dir = str(run_dir.claim_run_dir(wanted))
+    if config.output_dir != wanted:
+        print(f"run dir: {wanted} holds another run; writing to {config.output_dir}")
 
 
 def routed_logs(config: Config):
@@ -167,7 +207,8 @@ def run_launched(config: Config) -> dict[str, float]:
 
     # Before any rank starts: fill the embedded-model cache once, refuse what cannot fit in one line.
     hw = resolve_hardware(config.hardware)
-    memory_plan(config, hw, Shape.of(resolve_model_path(config.actors.path)), device_memory(hw.device))
+    memory_plan(config, hw, {a.name: Shape.of(resolve_model_path(a.path)) for a in config.actors.values()},
+                device_memory(hw.device))
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "output_dir="))]
     run_dir = config.output_dir.replace("\\", "\\\\").replace("'", "\\'")  # a sweep's job dirs hold '=' and ','
@@ -181,6 +222,26 @@ def run_launched(config: Config) -> dict[str, float]:
     return {k: v for k, v in rows[-1].items() if k.startswith("eval/")} if rows else {}
 
 
+def rewrite_overrides(args: list[str]) -> list[str]:
+    """Actor keys are set with Hydra's add-or-override (`++`): `actors` maps names to actors, and an actor
+    a preset defines holds only the keys it sets, so `actors.solver.lr=1e-5` must be able to add `lr`
+    (rltool.config.to_actor then checks every key). `actors.lora.r=16` is short for
+    `actors.policy.lora.r=16`, so commands written when `actors` held one model keep working.
+    `env=a+b` composes environments (rltool/envs/compose.py): the last part's YAML, env.name=a+b."""
+    out = []
+    for arg in args:
+        if arg.startswith("env=") and "+" in arg:  # env=a+b: the last part's YAML, every part by name
+            out += [f"env={arg[4:].split('+')[-1]}", f"env.name={arg[4:]}"]
+            continue
+        prefix, _, rest = arg.partition("actors.")
+        if prefix.strip("+") or not rest or "=" not in rest:
+            out.append(arg)
+            continue
+        name = rest.split("=")[0].split(".")[0]
+        out.append(f"++actors.{'policy.' if name in ACTOR_KEYS else ''}{rest}")
+    return out
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
@@ -188,7 +249,7 @@ def main() -> None:
     command = sys.argv.pop(1)
     global VERBOSE
     VERBOSE = any(a in ("-v", "--verbose") for a in sys.argv[1:])  # Hydra's parser does not know it
-    sys.argv = [a for a in sys.argv if a not in ("-v", "--verbose")]
+    sys.argv = rewrite_overrides([a for a in sys.argv if a not in ("-v", "--verbose")])
     register_configs()
     sys.argv[0] = f"rltool {command}"
 
@@ -204,9 +265,59 @@ def main() -> None:
             if os.environ.get("RANK", "0") == "0":  # launched ranks all find it; one says it
                 print(f"rltool: config error: {e}", file=sys.stderr)
             sys.exit(2)
+        except RunAborted as e:  # a failing reward, non-finite updates, a hung phase: saved, then stopped
+            if os.environ.get("RANK", "0") == "0":
+                print(f"rltool: stopped: {e}", file=sys.stderr)
+            sys.exit(3)
         return None
 
-    entry()
+    # Hydra prints its composition errors in ~17 lines (listing internal schema names) and exits 1;
+    # with HYDRA_FULL_ERROR it raises them instead, and hydra_error_line makes them one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        entry()
+    except Exception as e:
+        line = hydra_error_line(e, sys.argv[1:])
+        if line is None:
+            raise
+        print(f"rltool: config error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+def hydra_error_line(e: Exception, overrides: list[str]) -> str | None:
+    """Hydra's composition errors as one line naming the override and what is allowed; None for
+    anything else (a crash keeps its traceback)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
+        group, name = e.missing_cfg_file.rsplit("/", 1)
+        valid = [o for o in (e.options or []) if not o.startswith("base_")]  # base_<group>: the schema, not a choice
+        return f"{group}={name}: unknown {group} option; valid: {', '.join(valid)}"
+    if isinstance(e, OverrideParseException):
+        return f"{e.override}: cannot parse this override ({(str(e).splitlines() or [''])[0]}); expected key=value"
+    if not isinstance(e, ConfigCompositionException):
+        return None
+    cause = e.__cause__ or e.__context__
+    if not isinstance(cause, OmegaConfBaseException):
+        return (str(e).splitlines() or ["composition failed"])[0]
+    key = getattr(cause, "full_key", None) or ""
+    names = [(o, o.lstrip("+~").split("=", 1)[0]) for o in overrides]
+    given = next((o for o, k in names if k == key), None) or next((o for o, k in names if k.startswith(key + ".")), key)
+    reason = (str(cause).splitlines() or [""])[0]
+    return f"{given}: {reason}{did_you_mean(cause)}"
+
+
+def did_you_mean(cause: OmegaConfBaseException) -> str:
+    """'; did you mean group_size?' for a mistyped key of a structured config."""
+    import dataclasses
+    import difflib
+
+    kind, key = getattr(cause, "object_type", None), getattr(cause, "key", None)
+    if not (dataclasses.is_dataclass(kind) and isinstance(key, str)):
+        return ""
+    names = [f.name for f in dataclasses.fields(kind)]
+    close = difflib.get_close_matches(key, names, n=1) if key not in names else []
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 if __name__ == "__main__":

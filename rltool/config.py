@@ -226,6 +226,33 @@ class EnvConfig:
     """frozenlake_text: the ice is slippery (the intended move happens 1 time in 3, else a perpendicular one)."""
     max_episode_steps: int = 0
     """Text environments: time limit, an episode past it is truncated (0: gymnasium's own, none for cliffwalking)."""
+    task: str = "arithmetic"
+    """collab / parallel environments: the single-turn environment whose problems and answers they use."""
+    round_spec: str = "solver -> checker"
+    """collab: who speaks when (rltool/envs/round_spec.py), e.g. `solver -> checker -> (solver/checker)*2`."""
+    schedule_per: str = "group"
+    """collab: one schedule per group (its members stay comparable) | row."""
+    system_prompts: dict[str, str] = field(default_factory=dict)
+    """collab / parallel: actor name -> Jinja2 system prompt over the problem ({{ question }}, {{ name }},
+    {{ actors }}, {{ meta }}); the gold answer is not offered."""
+    speaker_format: str = "{name} says: {text}"
+    """collab: how another actor's turn reads (as a user message)."""
+    answer_from: str = "last"
+    """collab: whose answer counts: last (the final turn's speaker) or an actor's name (its last turn)."""
+    drafter: str = "policy"
+    """parallel: the actor that writes the drafts."""
+    combiner: str = "policy"
+    """parallel: the actor that reads the drafts and writes the answer."""
+    drafts: int = 3
+    """parallel: drafts per attempt (K)."""
+    draft_share: float = 0.5
+    """parallel: a draft's reward is its own reward + draft_share x the combiner's."""
+    draft_format_reward: float = 0.0
+    """parallel: the own reward of a draft without a parsable final answer (kept, never dropped)."""
+    mix: list[float] = field(default_factory=list)
+    """env=a+b: relative weights of the parts in the training stream (empty: equal, interleaved)."""
+    eval_only: list[str] = field(default_factory=list)
+    """env=a+b: parts only evaluated, never trained on (e.g. [gsm8k])."""
 
     def __post_init__(self) -> None:
         check_choice("env.source", self.source, ["embedded", "hub"])
@@ -236,6 +263,17 @@ class EnvConfig:
         check(self.max_episode_steps >= 0, "env.max_episode_steps", self.max_episode_steps, "must be >= 0")
         for op in self.operators:
             check_choice("env.operators", op, ["+", "-", "*"])
+        check_choice("env.schedule_per", self.schedule_per, ["group", "row"])
+        check(self.drafts >= 1, "env.drafts", self.drafts, "must be >= 1")
+        check(0 <= self.draft_share <= 1, "env.draft_share", self.draft_share, "must be in [0, 1]")
+        parts = self.name.split("+")
+        check(not self.mix or len(self.mix) == len(parts), "env.mix", self.mix,
+              f"must give one weight per part of env.name={self.name} ({len(parts)})")
+        check(all(w >= 0 for w in self.mix) and (not self.mix or sum(self.mix) > 0), "env.mix", self.mix,
+              "weights must be >= 0 and not all 0")
+        for name in self.eval_only:
+            check(name in parts, "env.eval_only", self.eval_only, f"must name parts of env.name={self.name}")
+        check(len(set(self.eval_only)) < len(parts), "env.eval_only", self.eval_only, "leaves nothing to train on")
 
 
 @dataclass
@@ -306,21 +344,76 @@ class HeadsConfig:
 
 @dataclass
 class ActorConfig:
-    """The trained policy model."""
+    """One model of the run: `actors` maps a name to each (one actor `policy` unless a preset says more)."""
 
-    name: str = "policy"
-    path: str = MISSING
-    """'embedded:smollm2-135m-instruct', a hub id, or a local HF directory (e.g. outputs/<run>/final)."""
+    name: str = ""
+    """Filled in from the actor's key in `actors`."""
+    preset: Optional[str] = None
+    """A one-actor preset of the actors group (e.g. smollm2_135m) whose settings this actor starts from:
+    `+actors.critic.preset=smollm2_135m actors.critic.trainable=false`."""
+    path: str = ""
+    """'embedded:smollm2-135m-instruct', a hub id, or a local HF directory (e.g. outputs/<run>/final/policy)."""
+    trainable: bool = True
+    """false: a frozen actor (a fixed partner, opponent or judge): it speaks but is never updated."""
+    lr: Optional[float] = None
+    """This actor's learning rate; null uses trainer.lr."""
+    algo: dict[str, Any] = field(default_factory=dict)
+    """Per-actor overrides of algo keys, e.g. {clip_eps_high: 0.28, kl_coef: 0.0, agg: seq_mean_token_mean}."""
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     qlora: bool = False
-    """LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only); needs actors.lora.r > 0."""
+    """LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only); needs lora.r > 0."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    """Encoder agents (algo=ppo): actors.path is the encoder."""
+    """Encoder agents (algo=ppo): path is the encoder."""
     heads: HeadsConfig = field(default_factory=HeadsConfig)
 
     def __post_init__(self) -> None:
         check(self.lora.r >= 0, "actors.lora.r", self.lora.r, "must be >= 0")
+        check(self.lr is None or self.lr > 0, "actors.lr", self.lr, "must be > 0 (or null: trainer.lr)")
+
+
+ACTOR_KEYS = tuple(f for f in ActorConfig.__dataclass_fields__ if f != "name")
+"""`actors.<key>=...` on the command line is short for `actors.policy.<key>=...` (rltool/cli.py)."""
+
+
+def actor_preset(name: str) -> dict:
+    """The one actor a preset file of the actors group defines (conf/actors/<name>.yaml)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "conf" / "actors" / f"{name}.yaml"
+    presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
+    check(path.is_file(), "actors.<name>.preset", name, f"must be one of {', '.join(presets)}")
+    actors = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "defaults"}
+    check(len(actors) == 1, "actors.<name>.preset", name, f"defines {len(actors)} actors; a preset of one actor is needed")
+    return next(iter(actors.values()))
+
+
+def to_actor(name: str, entry: Any) -> ActorConfig:
+    """One entry of `actors` (the keys it sets) as an ActorConfig with every check run."""
+    if isinstance(entry, ActorConfig):
+        return entry
+    check(isinstance(entry, dict), f"actors.{name}", entry, "must be a mapping of actor keys, e.g. {preset: smollm2_135m}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ActorConfig), entry))
+    except ConfigError as e:  # ActorConfig's own checks name their keys actors.<key>
+        raise ConfigError(str(e).replace("actors.", f"actors.{name}.", 1)) from None
+    except Exception as e:  # an unknown key or a value of the wrong type, as OmegaConf words it
+        cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
+        msg = str(cause or e).splitlines()[0]
+        raise ConfigError(f"actors.{name}: {msg}; actor keys: {', '.join(ACTOR_KEYS)}") from None
+
+
+def apply_preset(actor: ActorConfig) -> ActorConfig:
+    """Fill the fields `actor` left at their defaults from its preset (what the user set wins)."""
+    if not actor.preset:
+        return actor
+    merged = OmegaConf.merge(OmegaConf.structured(ActorConfig()), actor_preset(actor.preset))
+    default = OmegaConf.structured(ActorConfig())
+    mine = OmegaConf.structured(actor)
+    for key in ACTOR_KEYS:
+        if mine[key] != default[key]:
+            merged[key] = mine[key]
+    return OmegaConf.to_object(merged)
 
 
 @dataclass
@@ -343,9 +436,23 @@ class RewardConfig:
     """Subtracted per generated token / max_new_tokens (0 disables)."""
     module: Optional[str] = None
     """A Python file of your own rewards (@reward functions, or TRL-signature functions), imported before names are checked."""
+    timeout_s: float = 60.0
+    """Deadline of one reward call; a reward past it (or raising, or returning nan/inf) leaves that sample
+    unscored with one warning naming it (reward/failed/<name>). 0: no deadline."""
+    workers: int = 0
+    """0: rewards run in the trainer's process (the deadline by SIGALRM) | N: in N worker processes (a hung
+    one is killed and replaced)."""
+    max_failure_frac: float = 0.5
+    """A step where a reward fails on more than this share of its samples counts as a failed step."""
+    max_failed_steps: int = 3
+    """Failed steps in a row after which the run saves a checkpoint and stops with one line (0: never)."""
 
     def __post_init__(self) -> None:
         check(len(self.terms) > 0, "reward.terms", self.terms, "must list at least one reward")
+        check(self.timeout_s >= 0, "reward.timeout_s", self.timeout_s, "must be >= 0 (0: no deadline)")
+        check(self.workers >= 0, "reward.workers", self.workers, "must be >= 0")
+        check(0 <= self.max_failure_frac < 1, "reward.max_failure_frac", self.max_failure_frac, "must be in [0, 1)")
+        check(self.max_failed_steps >= 0, "reward.max_failed_steps", self.max_failed_steps, "must be >= 0 (0: never stop)")
 
 
 @dataclass
@@ -378,6 +485,9 @@ class HardwareConfig:
     vllm_kv_cache_gib: int = 2
     """CPU only: vLLM's KV cache size (VLLM_CPU_KVCACHE_SPACE); the default otherwise takes ~20 GiB."""
     vllm_max_num_seqs: int = 256
+    timeout_s: float = 1800.0
+    """How long ranks wait for each other (a barrier, a collective) before failing: a rank that died
+    mid-save stops the others after this, not after the library's default."""
     sleep_mode: bool = False
     """GPU: put vLLM to sleep while the trainer runs."""
     threads: int = 0
@@ -404,6 +514,7 @@ class HardwareConfig:
         for key in ("offload_optimizer", "offload_param", "offload_between_phases"):
             check(not getattr(self, key) or self.zero_stage == 3, f"hardware.{key}", True,
                   "is a DeepSpeed ZeRO-3 option: also set hardware.zero_stage=3")
+        check(self.timeout_s > 0, "hardware.timeout_s", self.timeout_s, "must be > 0")
         check(0 < self.vllm_gpu_memory_utilization <= 1, "hardware.vllm_gpu_memory_utilization",
               self.vllm_gpu_memory_utilization, "must be in (0, 1]")
 
@@ -416,6 +527,11 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256
     max_prompt_len: int = 512
+    timeout_s: float = 1800.0
+    """Deadline of one generate or eval phase: past it the run says which phase hung and exits 3 (0: none)."""
+    enforce_eager: bool = False
+    """vLLM without torch.compile / graph capture: the engine starts in ~7 s instead of ~90 s on CPU and
+    generates ~15% slower; worth it for short runs and tests, not for long ones."""
     ignore_eos: bool = False
     """Every generation (rollouts and eval) runs to its max_new_tokens, EOS ignored: equal work per step for
     benchmarks (scripts/bench_vs_trl.py), not for training."""
@@ -426,6 +542,7 @@ class RolloutConfig:
         check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
         check(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "must be >= 1")
         check(self.max_prompt_len >= 1, "rollout.max_prompt_len", self.max_prompt_len, "must be >= 1")
+        check(self.timeout_s >= 0, "rollout.timeout_s", self.timeout_s, "must be >= 0 (0: no deadline)")
 
 
 LOGGERS = ("none", "wandb", "tensorboard")
@@ -461,6 +578,9 @@ class TrainerConfig:
     the (B, T, V) logits (same values and gradients) | plain: the full logits (the reference)."""
     logprob_chunk_size: int = 256
     """Tokens whose (chunk, V) logits exist at once on the chunked path; memory vs matmul size."""
+    max_nonfinite_steps: int = 3
+    """Steps in a row whose loss or gradient norm was nan/inf (each update skipped, weights untouched) after
+    which the run saves and stops with one line (0: never)."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "prompts_per_step", "micro_batch_size", "keep_last"):
@@ -482,6 +602,7 @@ class TrainerConfig:
         self.logger = [n for n in dict.fromkeys(names) if n != "none"]
         check_choice("trainer.logprob_impl", self.logprob_impl, ["chunked", "plain"])
         check(self.logprob_chunk_size >= 1, "trainer.logprob_chunk_size", self.logprob_chunk_size, "must be >= 1")
+        check(self.max_nonfinite_steps >= 0, "trainer.max_nonfinite_steps", self.max_nonfinite_steps, "must be >= 0")
 
 
 @dataclass
@@ -506,7 +627,8 @@ class EvalConfig:
 class Config:
     algo: AlgoConfig = MISSING
     env: EnvConfig = MISSING
-    actors: ActorConfig = MISSING
+    actors: dict[str, Any] = field(default_factory=dict)
+    """name -> actor; the trainable ones are trained, each on its own turns."""
     reward: RewardConfig = MISSING
     hardware: HardwareConfig = MISSING
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -525,11 +647,46 @@ class Config:
               t.micro_batch_size, f"must divide prompts_per_step*group_size = {t.prompts_per_step * t.group_size}")
         check(t.prompts_per_step % self.hardware.num_processes == 0, "trainer.prompts_per_step", t.prompts_per_step,
               f"must be divisible by hardware.num_processes={self.hardware.num_processes}")
-        check(not (self.actors.qlora and self.hardware.device == "cpu"), "actors.qlora", True,
-              "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); use hardware=gpu1 or actors.lora.r=16 on CPU")
-        # after the device check: on CPU the refusal above is the useful message
-        check(self.actors.lora.r > 0 or not self.actors.qlora, "actors.lora.r", self.actors.lora.r,
-              "must be > 0 with actors.qlora=true (QLoRA trains a LoRA adapter), e.g. actors.lora.r=16")
+        check(len(self.actors) >= 1, "actors", "{}", "must name at least one actor, e.g. actors=smollm2_135m")
+        for name in list(self.actors):
+            check(re.fullmatch(r"[A-Za-z_][\w-]*", name) is not None, "actors", name,
+                  "actor names are letters, digits, _ and - (they name checkpoint directories and metrics)")
+            check(name not in ACTOR_KEYS, "actors", name, f"is an actor key; name actors otherwise (e.g. policy)")
+            actor = self.actors[name] = apply_preset(to_actor(name, self.actors[name]))
+            actor.name = name
+            check(bool(actor.path), f"actors.{name}.path", actor.path, "must name a model (or set actors."
+                  f"{name}.preset, e.g. smollm2_135m)")
+            check(not (actor.qlora and self.hardware.device == "cpu"), f"actors.{name}.qlora", True,
+                  "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); use hardware=gpu1 or lora.r=16 on CPU")
+            # after the device check: on CPU the refusal above is the useful message
+            check(actor.lora.r > 0 or not actor.qlora, f"actors.{name}.lora.r", actor.lora.r,
+                  "must be > 0 with qlora=true (QLoRA trains a LoRA adapter), e.g. lora.r=16")
+            self.actor_algo(name)  # its algo overrides name real keys and pass the algo checks
+
+    def actor_algo(self, name: str) -> "AlgoConfig":
+        """The algorithm settings of actor `name`: algo with that actor's overrides."""
+        import dataclasses
+
+        overrides = self.actors[name].algo
+        unknown = sorted(set(overrides) - set(AlgoConfig.__dataclass_fields__))
+        check(not unknown, f"actors.{name}.algo", unknown, "are not algo keys")
+        try:
+            return dataclasses.replace(self.algo, **overrides)
+        except ConfigError as e:
+            raise ConfigError(f"actors.{name}.{e}") from None
+
+    def actor_config(self, name: str) -> "Config":
+        """This config as actor `name` trains under it: its algo overrides and learning rate."""
+        import dataclasses
+
+        actor = self.actors[name]
+        trainer = dataclasses.replace(self.trainer, lr=actor.lr) if actor.lr else self.trainer
+        return dataclasses.replace(self, algo=self.actor_algo(name), trainer=trainer, actors={name: actor})
+
+    @property
+    def policy(self) -> ActorConfig:
+        """The first trainable actor (the only one of single-policy algorithms and of `rltool eval`)."""
+        return next((a for a in self.actors.values() if a.trainable), next(iter(self.actors.values())))
 
 
 def register_configs() -> None:
@@ -539,6 +696,6 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("multiple_of", lambda at_least, m: -(-int(at_least) // int(m)) * int(m))
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for group, node in (("algo", AlgoConfig), ("env", EnvConfig), ("actors", ActorConfig),
+    for group, node in (("algo", AlgoConfig), ("env", EnvConfig),
                         ("reward", RewardConfig), ("hardware", HardwareConfig)):
         cs.store(group=group, name=f"base_{group}", node=node)

@@ -8,9 +8,19 @@ started them.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+
+"""torch's own default for gloo; NCCL's is 10 min. Every collective and barrier waits this long
+for a rank that failed (during a save, say) before the survivors fail too."""
+
+
+def timeout(hardware) -> timedelta:
+    """The process-group timeout: `hardware.timeout_s`."""
+    return timedelta(seconds=float(hardware.timeout_s))
 
 
 def world_size() -> int:

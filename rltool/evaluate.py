@@ -15,31 +15,54 @@ ACCURACY = {"accuracy_strict": "gsm8k_strict", "accuracy_flexible": "gsm8k_flexi
             "accuracy_math_verify": "math_verify", "format_rate": "format"}
 
 
-def evaluate(engine, tokenizer, env, cfg: Config) -> tuple[dict[str, float], list[dict]]:
-    """Metrics over every held-out problem; each rank generates for its share (rows: this rank's)."""
+def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dict]]:
+    """Metrics over every held-out problem; each rank answers its share (rows: this rank's).
+
+    The answer to a problem is the policy's greedy completion, or, in an environment of several actors
+    (`env.answers`), the answer its extraction rule picks from their greedy conversation. A composed
+    environment also gets each part's metrics (eval/<part>/...)."""
+    policy = actors[cfg.policy.name]
     # Prompts longer than rollout.max_prompt_len are left out (never cut) and counted in eval/skipped_long.
-    held_out, too_long = fitting_examples(env.eval_examples()[: cfg.eval.size or None], env.messages, tokenizer,
+    held_out, too_long = fitting_examples(env.eval_examples()[: cfg.eval.size or None], env.messages, policy.tokenizer,
                                           cfg.rollout.max_prompt_len)
     examples = held_out[dist.rank()::dist.world_size()]
-    prompts = [encode_chat(tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
-    greedy = engine.generate(prompts, Sampling(greedy=True, max_new_tokens=cfg.eval.max_new_tokens))
-    totals = dict.fromkeys(ACCURACY, 0.0)
-    rows, length = [], 0
-    for example, (c,) in zip(examples, greedy):
-        row = {"id": example.id, "question": example.question, "answer": example.answer, "completion": c.text}
+    answers = greedy_answers(actors, env, examples, cfg)
+    rows = []
+    for example, c in zip(examples, answers):
+        row = {"id": example.id, "question": example.question, "answer": example.answer, "completion": c.text,
+               "tokens": len(c.token_ids)}  # per-problem length: scripts/learning_report.py splits it by operator
         for key, name in ACCURACY.items():
             value, _ = call_reward(REWARDS[name], c.text, example)
             row[key] = value or 0.0  # math_verify's None (unparseable gold) counts as not solved
-            totals[key] += row[key]
-        length += len(c.token_ids)
         rows.append(row)
-    n = max(len(held_out), 1)
-    metrics = {f"eval/{k}": dist.sum_over_ranks(v) / n for k, v in totals.items()}
-    metrics["eval/len"] = dist.sum_over_ranks(length) / n
+    metrics = summarise(rows, len(held_out), "eval/")
+    parts = getattr(env, "parts", [])
+    for part in parts if len(parts) > 1 else ():
+        mine = [r for r, e in zip(rows, examples) if env.owner(e) is part]
+        total = sum(env.owner(e) is part for e in held_out)
+        metrics |= summarise(mine, total, f"eval/{part.name}/")
     metrics["eval/skipped_long"] = float(too_long)
-    if cfg.eval.n > 1:
-        metrics[f"eval/pass@{cfg.eval.n}"] = dist.sum_over_ranks(pass_at_n(engine, prompts, examples, cfg)) / n
+    if cfg.eval.n > 1 and not hasattr(env, "answers"):
+        prompts = [encode_chat(policy.tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
+        metrics[f"eval/pass@{cfg.eval.n}"] = dist.sum_over_ranks(pass_at_n(policy.engine, prompts, examples, cfg)) / max(len(held_out), 1)
     return metrics, rows
+
+
+def greedy_answers(actors: dict, env, examples: list, cfg: Config) -> list:
+    """One greedy Completion per example: the environment's team answer, or the policy's completion."""
+    if hasattr(env, "answers"):
+        return env.answers(actors, examples, cfg)
+    policy = actors[cfg.policy.name]
+    prompts = [encode_chat(policy.tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
+    return [c for (c,) in policy.engine.generate(prompts, Sampling(greedy=True, max_new_tokens=cfg.eval.max_new_tokens))]
+
+
+def summarise(rows: list[dict], n: int, prefix: str) -> dict[str, float]:
+    """Means over `n` problems (held out on every rank) of the rows every rank answered (disjoint shares)."""
+    n = max(n, 1)
+    metrics = {f"{prefix}{k}": dist.sum_over_ranks(sum(r[k] for r in rows)) / n for k in ACCURACY}
+    metrics[f"{prefix}len"] = dist.sum_over_ranks(sum(r["tokens"] for r in rows)) / n
+    return metrics
 
 
 def pass_at_n(engine, prompts, examples, cfg: Config) -> int:
@@ -53,22 +76,19 @@ def pass_at_n(engine, prompts, examples, cfg: Config) -> int:
 
 def evaluate_main(cfg: Config) -> dict[str, float]:
     """`rltool eval actors.path=outputs/<run>/final`: load the model into vLLM and evaluate it."""
+    from rltool.actors.actor import close_all, serving_actors
     from rltool.actors.embedded import resolve_model_path
-    from rltool.actors.load import load_model, load_tokenizer
     from rltool.envs import make_env
     from rltool.hardware import resolve_hardware
-    from rltool.rollout import make_engine
 
     hw = resolve_hardware(cfg.hardware)
-    path = resolve_model_path(cfg.actors.path)
-    tokenizer = load_tokenizer(path)
-    model = load_model(path, hw.dtype, trainable=False, device=hw.device) if cfg.rollout.engine == "hf" else None
-    engine = make_engine(cfg, hw, model, tokenizer, path)
+    path = resolve_model_path(cfg.policy.path)
+    actors = serving_actors(cfg, hw)
     env = make_env(cfg.env)
     try:
-        metrics, rows = evaluate(engine, tokenizer, env, cfg)
+        metrics, rows = evaluate(actors, env, cfg)
     finally:
-        engine.close()  # `rltool eval -m` evaluates the next model in this process
+        close_all(actors)  # `rltool eval -m` evaluates the next model in this process
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({"model": path, "env": cfg.env.name, "n": len(rows), **metrics}, indent=2))

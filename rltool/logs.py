@@ -108,6 +108,7 @@ def routed_logs(run_dir: str | Path, rank: int, verbose: bool = False) -> Iterat
 TALLIED = {  # step metrics that count something worth a warning -> what the count means
     "reward/unscored": "completions could not be scored (reward None: left out of their group's baseline)",
     "erl/prompt_truncated": "ERL reflection prompts were shortened to fit rollout.max_prompt_len",
+    "update/skipped_nonfinite": "updates skipped: loss or gradient norm not finite (weights untouched)",
 }
 
 

@@ -46,7 +46,7 @@ def check_ppo(config: "Config") -> None:
     from rltool.envs.text_gym import validate_text_env_config
 
     validate_text_env_config(config.env)
-    check_encoder_path(config.actors.path, config.actors.encoder.trainable_layers)
+    check_encoder_path(config.policy.path, config.policy.encoder.trainable_layers)
     from rltool.algos.gae import STEP_ADVANTAGES
     from rltool.algos.losses import POLICY_LOSSES
     from rltool.algos.value_losses import VALUE_LOSSES

@@ -6,6 +6,7 @@ fully inspectable without wandb. Only the main process constructs these with ena
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter
@@ -42,8 +43,8 @@ class MetricsLog:
             return
         loggers = [logger] if isinstance(logger, str) else list(logger)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a")
-        self._samples = open(self.run_dir / "samples.jsonl", "a")
+        self._metrics = open_appending(self.run_dir / "metrics.jsonl")
+        self._samples = open_appending(self.run_dir / "samples.jsonl")
         if "wandb" in loggers:
             import wandb  # lazy: slow to import and unused by most runs
 
@@ -84,7 +85,7 @@ class MetricsLog:
     def log_data_order(self, step: int, example_ids: list[str]) -> None:
         """Which prompts each step trained on: resume is checked against this (data_order.jsonl)."""
         if self.enabled:
-            with open(self.run_dir / "data_order.jsonl", "a") as f:
+            with open_appending(self.run_dir / "data_order.jsonl") as f:
                 f.write(json.dumps({"step": step, "examples": example_ids}) + "\n")
 
     def close(self) -> None:
@@ -106,16 +107,50 @@ class MetricsLog:
         self.close()
 
 
+def open_appending(path: Path):
+    """Open a .jsonl file for appending; a run killed mid-write left a partial last line, so the
+    first new line starts on a line of its own (readers then skip just the partial one)."""
+    f = open(path, "a")
+    if f.tell() > 0:
+        with open(path, "rb") as r:
+            r.seek(-1, 2)
+            if r.read(1) != b"\n":
+                f.write("\n")
+    return f
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """The rows of a .jsonl file and how many lines were skipped: a line cut short by a crash
+    mid-write (or anything else that is not a JSON object) is counted, not raised."""
+    rows, skipped = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                skipped += 1
+    return rows, skipped
+
+
 def read_metrics(path: Path) -> list[dict]:
     """One dict per step, in step order. Lines with the same step are merged, later keys winning:
     separate train and eval `log` calls at one step combine, and steps re-run after a resume
-    replace those logged before the crash."""
+    replace those logged before the crash. Partial lines (a crash mid-write) are skipped with
+    one warning giving their count."""
+    rows, skipped = read_jsonl(path)
+    if skipped:
+        logging.getLogger(__name__).warning("%s: skipped %d partial or unreadable line(s)", path, skipped)
     by_step: dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                by_step.setdefault(row["step"], {}).update(row)
+    for row in rows:
+        if "step" in row:
+            by_step.setdefault(row["step"], {}).update(row)
     return [by_step[s] for s in sorted(by_step)]
 
 

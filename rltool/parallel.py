@@ -30,9 +30,10 @@ def start(cfg: Config):
     if not launched():
         return None
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-    accelerator = Accelerator()
+    # hardware.timeout_s: how long a barrier waits for a rank that died (e.g. mid-save) before failing
+    accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=dist.timeout(cfg.hardware))])
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         raise ConfigError("accelerate launch: rltool trains several ranks with DeepSpeed ZeRO-3 only; "
                           "launch with --config_file zero3.yaml (or run `rltool train hardware=cpu_zero3|gpu8`)")
@@ -62,10 +63,20 @@ def make_optimizer(params, cfg: Config):
 
 
 def prepare(accelerator, model, optimizer):
-    """-> (DeepSpeedEngine, its optimizer): parameters, gradients and Adam state sharded over ranks."""
+    """-> (DeepSpeedEngine, its optimizer): parameters, gradients and Adam state sharded over ranks.
+
+    One DeepSpeed engine per trainable actor, all with the run's DeepSpeed config: the first through
+    accelerate, the others through `deepspeed.initialize` directly (accelerate's `prepare` holds one
+    DeepSpeed model); rltool drives each engine's backward and step itself, so they behave the same."""
     if accelerator is None:
         return model, optimizer
-    return accelerator.prepare(model, optimizer)
+    if not any(is_deepspeed(m) for m in accelerator._models):
+        return accelerator.prepare(model, optimizer)
+    import deepspeed
+
+    engine, optimizer, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                 config=accelerator.state.deepspeed_plugin.deepspeed_config)
+    return engine, optimizer
 
 
 def prepare_frozen(accelerator, model):
@@ -121,14 +132,54 @@ def backward(model, loss: torch.Tensor, *, last: bool) -> None:
         loss.backward()
 
 
+SKIPPED_NONFINITE = [0]
+"""Updates `step` skipped since the last `pop_skipped_nonfinite()` (a list: mutable module state,
+read once per training step into `update/skipped_nonfinite`)."""
+
+
 def step(model, optimizer, grad_clip: float) -> torch.Tensor:
-    """Clip to grad_clip, take the optimizer step; returns the global gradient norm before clipping."""
+    """Clip to grad_clip, take the optimizer step; returns the global gradient norm before clipping.
+
+    A nan/inf gradient (a nan loss gives one too) skips the step: gradients are zeroed and the
+    weights and Adam state stay as they were. Unchecked, AdamW would write nan into every weight,
+    which would then be synced to the engine and saved. Under ZeRO-3 each rank checks its own
+    gradient shard and the flag is all-reduced, so every rank skips together."""
     if is_deepspeed(model):
+        if not _finite_shards(model):
+            # as DeepSpeed after its own step: micro_step_id=0, so the next backward overwrites the
+            # gradient partitions instead of adding to the nan ones
+            model.optimizer.zero_grad()
+            SKIPPED_NONFINITE[0] += 1
+            return torch.tensor(float("nan"))
         model.step()  # clipping (gradient_clipping=trainer.grad_clip), Adam on each shard, zero grads
         return torch.tensor(float(model.get_global_grad_norm() or 0.0))
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)  # nan/inf if any gradient is
+    if not torch.isfinite(norm):  # a device sync, once per optimizer step
+        optimizer.zero_grad(set_to_none=True)
+        SKIPPED_NONFINITE[0] += 1
+        return norm
     optimizer.step()
     return norm
+
+
+def pop_skipped_nonfinite() -> float:
+    """`update/skipped_nonfinite` for the step just taken: how many updates were skipped, then 0."""
+    n, SKIPPED_NONFINITE[0] = SKIPPED_NONFINITE[0], 0
+    return float(n)
+
+
+def _finite_shards(model) -> bool:
+    """Every rank's local gradient partition is finite (all-reduced: one rank's nan skips all)."""
+    from deepspeed.utils import safe_get_local_grad
+
+    bad = 0.0
+    for p in model.parameters():
+        if p.requires_grad:
+            g = safe_get_local_grad(p)
+            if g is not None and not bool(torch.isfinite(g).all()):
+                bad = 1.0
+                break
+    return dist.sum_over_ranks(bad) == 0
 
 
 def weights_for_engine(model, *, remove_duplicate: bool = False) -> Iterator[tuple[str, torch.Tensor]]:

@@ -17,7 +17,7 @@ def batch_plan(cfg: Config, hw) -> str:
     per_rank = completions // hw.num_processes
     micro_steps = max(1, per_rank // t.micro_batch_size)
     lines = [
-        f"plan: {cfg.algo.name} on {cfg.env.name} with {cfg.actors.path} ({hw.device}, {hw.dtype}, "
+        f"plan: {cfg.algo.name} on {cfg.env.name} with {actors_line(cfg)} ({hw.device}, {hw.dtype}, "
         f"{hw.num_processes} process{'es' if hw.num_processes > 1 else ''}, engine={r.engine})",
         f"  prompts/step {t.prompts_per_step} x group {t.group_size} = {completions} completions/step",
         f"  per rank {per_rank} completions in {micro_steps} micro-batches of {t.micro_batch_size} "
@@ -27,6 +27,13 @@ def batch_plan(cfg: Config, hw) -> str:
         f"  {t.max_steps} steps, eval every {t.eval_every or 'end'}, checkpoint every {t.save_every or 'never'}",
     ]
     return "\n".join(lines)
+
+
+def actors_line(cfg: Config) -> str:
+    """One actor: its path; several: name=path, frozen ones marked."""
+    if len(cfg.actors) == 1:
+        return cfg.policy.path
+    return ", ".join(f"{a.name}={a.path}{'' if a.trainable else ' (frozen)'}" for a in cfg.actors.values())
 
 
 @dataclass(frozen=True)
@@ -78,33 +85,19 @@ FIXED_PART_KEYS = {  # what to change when that part does not fit
 }
 
 
-def memory_plan(cfg: Config, hw, shape: Shape, device_bytes: int) -> tuple[str, dict[str, float]]:
-    """Per-device estimate in GiB: weights, grads, optimizer, activations (worst case: max lengths),
-    logits, reference model, rollout engine. ZeRO-3 shards weights/grads/optimizer over processes.
+def memory_plan(cfg: Config, hw, shapes: "dict[str, Shape] | Shape", device_bytes: int) -> tuple[str, dict[str, float]]:
+    """Per-device estimate in GiB, summed over the actors: weights, grads, optimizer, activations (worst
+    case: max lengths), logits, reference model, rollout engine. ZeRO-3 shards weights/grads/optimizer
+    over processes. Actors train in turn, so activations and logits are the largest actor's, not a sum;
+    a frozen actor is only its engine. `shapes`: actor name -> Shape (one Shape: the policy's).
 
     Raises ConfigError when the parts that do not depend on sequence length (weights, grads,
     optimizer, reference, engine) already exceed the device; worst-case activations only warn, since
     real prompts and completions are usually far shorter than the limits.
     """
-    b = 2 if hw.dtype == "bfloat16" else 4
-    shard = hw.num_processes if cfg.hardware.zero_stage == 3 else 1
-    P = shape.params()
-    lora_r = cfg.actors.lora.r
-    trainable = shape.lora_params(lora_r) if lora_r else P
-    weight_bytes = 0.5 if cfg.actors.qlora else b  # NF4: 4 bits a weight
-    tokens = cfg.trainer.micro_batch_size * (cfg.rollout.max_prompt_len + cfg.rollout.max_new_tokens)
-    per_token_layer = (2 * shape.hidden if cfg.actors.gradient_checkpointing or cfg.hardware.gradient_checkpointing
-                       else 10 * shape.hidden + 4 * shape.intermediate) * b  # inputs kept for backward
-    parts = {
-        "weights": P * weight_bytes / shard,
-        "grads": trainable * b / shard,
-        "optimizer": trainable * (8 + (4 if b == 2 else 0)) / shard,  # Adam m, v in fp32 (+ fp32 master for bf16)
-        "activations": tokens * shape.layers * per_token_layer,
-        "logits": logits_bytes(cfg, shape),
-        "reference": P * b / shard if cfg.algo.kl_coef > 0 and not lora_r else 0,  # LoRA: adapter off, no copy
-        "engine": (cfg.hardware.vllm_kv_cache_gib * GIB + P * b if hw.device == "cpu"  # KV space + vLLM's weights
-                   else cfg.hardware.vllm_gpu_memory_utilization * device_bytes) if cfg.rollout.engine == "vllm" else 0,
-    }
+    shapes = shapes if isinstance(shapes, dict) else {cfg.policy.name: shapes}
+    per_actor = [actor_memory(cfg, hw, cfg.actors[name], shape, device_bytes) for name, shape in shapes.items()]
+    parts = {k: (max if k in ("activations", "logits") else sum)(p[k] for p in per_actor) for k in per_actor[0]}
     gib = {k: v / GIB for k, v in parts.items()}
     fixed = sum(v for k, v in gib.items() if k not in ("activations", "logits"))
     total = sum(gib.values())
@@ -114,7 +107,8 @@ def memory_plan(cfg: Config, hw, shape: Shape, device_bytes: int) -> tuple[str, 
     where = f"{'GPU' if hw.device == 'cuda' else 'CPU RAM'} {available:.1f} GiB"
     ranks = hw.num_processes // cfg.hardware.num_machines if hw.device == "cpu" else 1  # CPU ranks of one machine share its RAM
     fixed, total = fixed * ranks, total * ranks
-    line = (f"  memory per {'GPU' if hw.device == 'cuda' else 'rank'} (GiB, worst case): "
+    line = (f"  memory per {'GPU' if hw.device == 'cuda' else 'rank'} (GiB, worst case"
+            + (f", {len(shapes)} actors" if len(shapes) > 1 else "") + "): "
             + ", ".join(f"{k} {v:.2f}" for k, v in gib.items() if v)
             + f"; total {total:.1f}{f' for {ranks} ranks' if ranks > 1 else ''} of {where}")
     if fixed > available:
@@ -125,6 +119,32 @@ def memory_plan(cfg: Config, hw, shape: Shape, device_bytes: int) -> tuple[str, 
         line += ("\n  warning: worst-case activations may not fit; lower trainer.micro_batch_size or "
                  "rollout.max_new_tokens, or set actors.gradient_checkpointing=true")
     return line, gib
+
+
+def actor_memory(cfg: Config, hw, actor, shape: Shape, device_bytes: int) -> dict[str, float]:
+    """Bytes of one actor's parts (see memory_plan); a frozen actor has no trainer copy, only its engine."""
+    b = 2 if hw.dtype == "bfloat16" else 4
+    shard = hw.num_processes if cfg.hardware.zero_stage == 3 else 1
+    P = shape.params()
+    lora_r = actor.lora.r
+    trainable = shape.lora_params(lora_r) if lora_r else P
+    weight_bytes = 0.5 if actor.qlora else b  # NF4: 4 bits a weight
+    tokens = cfg.trainer.micro_batch_size * (cfg.rollout.max_prompt_len + cfg.rollout.max_new_tokens)
+    per_token_layer = (2 * shape.hidden if actor.gradient_checkpointing or cfg.hardware.gradient_checkpointing
+                       else 10 * shape.hidden + 4 * shape.intermediate) * b  # inputs kept for backward
+    train = 1 if actor.trainable else 0
+    parts = {
+        "weights": train * P * weight_bytes / shard,
+        "grads": train * trainable * b / shard,
+        "optimizer": train * trainable * (8 + (4 if b == 2 else 0)) / shard,  # Adam m, v in fp32 (+ fp32 master for bf16)
+        "activations": train * tokens * shape.layers * per_token_layer,
+        "logits": train * logits_bytes(cfg, shape),
+        # LoRA: the adapter switched off is the reference, no copy
+        "reference": train * P * b / shard if cfg.actor_algo(actor.name).kl_coef > 0 and not lora_r else 0,
+        "engine": (cfg.hardware.vllm_kv_cache_gib * GIB + P * b if hw.device == "cpu"  # KV space + vLLM's weights
+                   else cfg.hardware.vllm_gpu_memory_utilization * device_bytes) if cfg.rollout.engine == "vllm" else 0,
+    }
+    return parts
 
 
 def logits_bytes(cfg: Config, shape: Shape) -> int:

@@ -30,6 +30,9 @@ def plot_run(run_dir: Path) -> Path:
     panels = [(title, [k for k in keys if k in present]) for title, keys in PANELS]
     if not panels[2][1] and "loss/policy" in present:  # kl is absent when beta = 0
         panels[2] = ("loss", ["loss/policy"])
+    # runs of several actors: each actor's own reward and entropy (<actor>/reward/mean, ...)
+    per_actor = sorted(k for k in present if k.count("/") == 2 and k.endswith(("/reward/mean", "/policy/entropy_trained")))
+    panels.append(("per actor", per_actor))
     panels = [(title, keys) for title, keys in panels if keys]
 
     fig = Figure(figsize=(8, 2.6 * max(len(panels), 1)), layout="constrained")

@@ -79,12 +79,12 @@ def train(cfg: Config) -> dict[str, float]:
     envs = make_vector_env(cfg.env, t.num_envs)
     next_obs, info = envs.reset(seed=cfg.seed)
     num_actions = len(info["actions"][0])
-    encoder = TokenEncoder(cfg.actors.path, cfg.actors.encoder, device)
-    agent = EncoderAgent(encoder, cfg.actors.heads, num_actions).to(device)
+    encoder = TokenEncoder(cfg.policy.path, cfg.policy.encoder, device)
+    agent = EncoderAgent(encoder, cfg.policy.heads, num_actions).to(device)
     heads = [p_ for n, p_ in agent.named_parameters() if not n.startswith("encoder.")]
     groups = [{"params": heads, "lr": p.lr}]
     if len(encoder.top):  # fine-tuned encoder layers: their own learning rate
-        groups.append({"params": list(encoder.top.parameters()), "lr": cfg.actors.encoder.lr})
+        groups.append({"params": list(encoder.top.parameters()), "lr": cfg.policy.encoder.lr})
     base_lrs = [g["lr"] for g in groups]
     optimizer = torch.optim.Adam(groups, eps=1e-5)
     policy_loss, value_loss = POLICY_LOSSES[cfg.algo.loss], VALUE_LOSSES[p.value_loss]
@@ -96,7 +96,7 @@ def train(cfg: Config) -> dict[str, float]:
     if resume_from:
         agent.load_state_dict(torch.load(resume_from / "agent.pt", map_location=device, weights_only=True))
         ckpt.load_optimizer(resume_from, optimizer)
-        state = ckpt.load_trainer_state(resume_from)
+        state = ckpt.load_trainer_state(resume_from, pickled=True)  # gymnasium env states
         for env, env_state in zip(envs.envs, state["envs"]):
             env.set_state(env_state)  # position, hand, RNG of each environment mid-episode
         next_obs, info = state["next_obs"], state["next_info"]

@@ -10,6 +10,7 @@ import torch
 from rltool import dist, parallel
 from rltool.actors.logprobs import completion_logp
 from rltool.algos.advantages import ADVANTAGES
+from rltool.algos.group_stats import group_outcomes
 from rltool.algos.kl import KL_ESTIMATORS, kl_importance_ratio
 from rltool.algos.losses import POLICY_LOSSES, LossParams, StepCounts, agg_loss, masked_mean, sft_loss
 from rltool.algos.mismatch import mismatch_weights
@@ -173,22 +174,23 @@ def by_length(batch: Batch, rows: torch.Tensor) -> torch.Tensor:
     return rows[batch.attention_mask[rows].sum(-1).argsort(stable=True)]
 
 
-def rollout_metrics(samples: list[Sample], batch: Batch) -> dict[str, float]:
+def rollout_metrics(samples: list[Sample]) -> dict[str, float]:
     scored = [s for s in samples if s.reward is not None and s.first_attempt]  # comparable across algos
-    lengths = batch.mask.sum(-1)  # (B,)
+    lengths = [sum(s.completion_mask) if s.completion_mask else len(s.completion_ids) for s in samples]  # trained tokens
     parts: dict[str, list[float]] = {}  # each reward's raw value over the first attempts it could score
     for s in samples:
         for name, value in s.info.get("reward_parts", {}).items() if s.first_attempt else ():
             if value is not None:
                 parts.setdefault(f"reward/{name}", []).append(value)
-    return {name: sum(v) / len(v) for name, v in parts.items()} | {
+    return group_outcomes(samples) | {name: sum(v) / len(v) for name, v in parts.items()} | {
         "reward/mean": sum(s.reward for s in scored) / max(len(scored), 1),
         "reward/success": sum(s.success for s in scored) / max(len(scored), 1),
         "reward/unscored": float(sum(s.reward is None for s in samples)),
-        "rollout/len": float(lengths.mean()),
-        "rollout/truncated": sum(s.truncated for s in samples) / len(samples),
-        "rollout/tokens": float(lengths.sum()),
+        "rollout/len": sum(lengths) / max(len(samples), 1),
+        "rollout/truncated": sum(s.truncated for s in samples) / max(len(samples), 1),
+        "rollout/tokens": float(sum(lengths)),
         # generated this step (relabelled samples re-use another's tokens): the budget ERL and GRPO are matched on
-        "rollout/gen_tokens": float(sum(len(s.completion_ids) for s in samples if not s.relabelled)),
+        "rollout/gen_tokens": float(sum(sum(s.completion_mask) if s.completion_mask else len(s.completion_ids)
+                                        for s in samples if not s.relabelled)),
         "rollout/samples": float(len(samples)),
     }

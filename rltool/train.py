@@ -1,32 +1,35 @@
 """The training loop. Setup first, then one loop whose body is a list of named phases:
 
-    rollout -> logprobs -> advantage -> update (x iterations, per update pass) -> sync -> log -> checkpoint
+    rollout (the environment drives every actor)
+      -> per trainable actor: logprobs -> advantage -> update (x iterations, per update pass) -> sync
+      -> log -> checkpoint
 
 Everything algorithm-specific is a registered function chosen by name in the config: the rollout
 (GRPO groups, ERL's attempt/reflect/retry), the advantage estimator, the policy loss, the loss
-aggregation and the KL estimator. Adding an algorithm means a YAML file, or one Python file that
-registers a new piece, never a branch here.
+aggregation and the KL estimator. Adding an algorithm, an environment or an actor means a YAML file,
+or one Python file that registers a new piece, never a branch here.
 """
 from __future__ import annotations
 
 import math
 import time
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from rltool import ckpt, dist, parallel
+from rltool.actors.actor import Actor, build_actors, close_all, trainable
 from rltool.actors.embedded import resolve_model_path
-from rltool.actors.load import load_policy, load_reference, load_tokenizer
-from rltool.actors.lora import AdapterDisabled
+from rltool.actors.load import load_tokenizer
 from rltool.algos.rollouts import ROLLOUTS, RolloutContext
 from rltool.batch import collate
 from rltool.config import Config, ConfigError
 from rltool.data import PromptSampler
 from rltool.envs import make_env
 from rltool.evaluate import evaluate
+from rltool.guard import RunAborted, StepGuard
 from rltool.hardware import resolve_hardware
 from rltool.logs import Tally
 from rltool.metrics import MetricsLog, PhaseTimer, Progress, peak_memory_gib
@@ -34,14 +37,15 @@ from rltool.model_card import write_model_card
 from rltool.plan import Shape, batch_plan, device_memory, memory_plan
 from rltool.plot import plot_run
 from rltool.rewards.score import Scorer
-from rltool.rollout import make_engine, sync_weights
 from rltool.rollout.prompts import fitting_examples
+from rltool.samples import Sample
+from rltool.watchdog import deadline
 from rltool.steps import compute_advantages, compute_logprobs, optimize, rollout_metrics, split_updates
 
 
 def train(cfg: Config) -> dict[str, float]:
     """Returns the final eval metrics ({} with eval.enabled=false): a multirun tables them per job."""
-    # ---- setup: ranks, seed, hardware, actors, engine, env, optimizer, resume ----
+    # ---- setup: ranks, seed, hardware, env, actors (models, engines, optimizers), resume ----
     accelerator = parallel.start(cfg)  # launched: accelerate + DeepSpeed ZeRO-3 over every rank; else None
     hw = resolve_hardware(cfg.hardware)
     main = dist.rank() == 0  # writes logs, metrics and checkpoints
@@ -55,46 +59,30 @@ def train(cfg: Config) -> dict[str, float]:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    base_dir = dist.local_main_first(lambda: resolve_model_path(cfg.actors.path))  # one writer per machine's cache
-    model_dir = str(ckpt.model_dir(resume_from)) if resume_from else base_dir  # resume: weights from the checkpoint
-    tokenizer = load_tokenizer(model_dir)
+    base_dirs = {a.name: dist.local_main_first(lambda: resolve_model_path(a.path)) for a in cfg.actors.values()}
     env = make_env(cfg.env)
-    train_examples, too_long = prompts_that_fit(env, tokenizer, cfg)  # refuses a max_prompt_len most prompts exceed
+    # the policy's chat template decides what fits; refuses a max_prompt_len most prompts exceed
+    train_examples, too_long = prompts_that_fit(env, load_tokenizer(base_dirs[cfg.policy.name]), cfg)
     plan = "\n".join([batch_plan(cfg, hw), f"  {len(train_examples)} training prompts ({too_long} left out: longer than "
                       f"rollout.max_prompt_len={cfg.rollout.max_prompt_len} tokens)",
-                      memory_plan(cfg, hw, Shape.of(base_dir), device_memory(hw.device))[0]])
+                      memory_plan(cfg, hw, {n: Shape.of(d) for n, d in base_dirs.items()}, device_memory(hw.device))[0]])
     if main:  # memory_plan above refuses what cannot fit, on every rank
         print(plan)
-    # LoRA resume: base from actors.path + the checkpoint's adapter; vLLM starts from model_dir (merged).
-    # ZeRO-3 resume: a fresh policy here, then DeepSpeed's own checkpoint restores weights and Adam state.
-    model = load_policy(cfg.actors, hw.dtype, base_dir=base_dir, resume_from=None if accelerator else resume_from,
-                        device=None if accelerator else hw.device, gradient_checkpointing=hw.cfg.gradient_checkpointing,
-                        seed=cfg.seed)
-    optimizer = parallel.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)  # LoRA: adapter only
-    model, optimizer = parallel.prepare(accelerator, model, optimizer)
-    ref_model = None
-    if cfg.algo.kl_coef > 0:  # LoRA: the policy with its adapter off
-        ref_model = load_reference(parallel.unwrap(model), base_dir, hw.dtype, None if accelerator else hw.device)
-        ref_model = ref_model if isinstance(ref_model, AdapterDisabled) else parallel.prepare_frozen(accelerator, ref_model)
-    started = time.perf_counter()
-    engine = make_engine(cfg, hw, model, tokenizer, model_dir)
-    if main:  # its own log lines are in <run_dir>/logs/ (rltool/logs.py)
-        print(f"engine: {cfg.rollout.engine} ready in {time.perf_counter() - started:.0f} s")
+    actors = build_actors(cfg, hw, accelerator, resume_from, lr_lambda)
+    learners = trainable(actors)
+    policy = actors[cfg.policy.name]
 
     scorer = Scorer.from_config(cfg.reward, cfg.rollout.max_new_tokens)
+    guard = StepGuard.from_config(cfg)  # stops a run whose rewards keep failing or whose updates keep being nan
     sampler = PromptSampler(train_examples, cfg.seed)
-    rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, engine, tokenizer, env, scorer,
-                                                        rank_share(sampler.draw), rank=dist.rank()))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(parallel.torch_optimizer(model, optimizer), lr_lambda(cfg))
+    rollout = ROLLOUTS[cfg.algo.rollout](RolloutContext(cfg, policy.engine, policy.tokenizer, env, scorer,
+                                                        rank_share(sampler.draw), rank=dist.rank(), actors=actors))
     start, history = 0, []
     if resume_from:
         state = ckpt.load_trainer_state(resume_from)
-        ckpt.load_optimizer(resume_from, optimizer, model)
-        ckpt.load_scheduler(resume_from, scheduler)
         sampler.load_state_dict(state["sampler"])
         rollout.load_state_dict(state["rollout"])
-        ckpt.set_rng_state(state["rng"])
+        ckpt.set_rng_states(state["rng"])
         start, history = state["step"], state.get("history", [])
         if main:
             print(f"resumed from {resume_from} at step {start}")
@@ -106,50 +94,97 @@ def train(cfg: Config) -> dict[str, float]:
                                                  (cfg.trainer.eval_every and s % cfg.trainer.eval_every == 0))
 
     # ---- the loop ----
-    # closing(): a multirun runs its next job in this process, so a failing job must still let go of its engine
-    with Progress(cfg.trainer.max_steps, start, enabled=main) as progress, closing(engine), closing(log):
+    # closing(): a multirun runs its next job in this process, so a failing job must still let go of its engines
+    with Progress(cfg.trainer.max_steps, start, enabled=main) as progress, closing(Engines(actors)), closing(log), \
+            closing(scorer):
         for step in range(start, cfg.trainer.max_steps):
             if eval_due(step) and not (resume_from and step == start):
-                run_eval(engine, tokenizer, env, cfg, step, log)
+                run_eval(actors, env, cfg, step, log)
 
             started = time.perf_counter(), time.process_time()
-            with timer("generate"), parallel.offloaded(model, hw):  # GPU ZeRO-3: trainer shards in CPU RAM meanwhile
-                samples, metrics = rollout(step)
-                engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory before the shards come back; no-op on CPU
-            with timer("logprobs"):
-                batch = compute_logprobs(model, ref_model, collate(samples, tokenizer.pad_token_id), cfg)
-            with timer("advantage"):
-                compute_advantages(samples, batch, cfg)
-            with timer("update"):
-                for part in split_updates(samples, batch):
-                    for _ in range(cfg.algo.iterations):
-                        metrics |= optimize(model, optimizer, part, cfg)
-                scheduler.step()  # once per training step: lr_lambda counts steps, not update passes
-            with timer("sync"):
-                engine.wake()
-                sync_weights(engine, model)
+            # GPU ZeRO-3: trainer shards in CPU RAM meanwhile; a hung engine or reward is named, not waited on
+            with timer("generate"), deadline("generate", step + 1, cfg.rollout.timeout_s), offloaded(learners, hw):
+                samples, metrics = rollout(step)  # the environment drives every actor
+                for actor in actors.values():
+                    actor.engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory; no-op on CPU
+            metrics |= scorer.step_metrics()  # rewards that failed or timed out, by name
+            for actor in learners:  # each on its own turns, in its own groups, under its own settings
+                with offloaded([a for a in learners if a is not actor], hw):
+                    metrics |= train_actor(actor, [s for s in samples if s.actor == actor.name], timer,
+                                           prefix=f"{actor.name}/" if len(actors) > 1 else "")
 
             phases = timer.split()
             metrics["perf/peak_mem_gib"] = peak_memory_gib(hw.device)  # per rank (averaged over ranks)
-            metrics = step_metrics(metrics, samples, batch, scheduler, phases, started)  # over every rank
+            metrics = step_metrics(metrics, samples, policy.scheduler, phases, started)  # over every rank
             log.log(step + 1, metrics)
             log.log_data_order(step + 1, list(dict.fromkeys(s.example_id for s in samples)))
             history.append({"step": step + 1, **metrics})
             progress.update(step + 1, metrics, phases)
             tally.add_metrics(step + 1, metrics)  # e.g. unscored rewards: said once with a count, not every step
+            try:
+                guard.check(step + 1, metrics, scorer.last_error)  # combined metrics: the same decision on every rank
+            except RunAborted as e:
+                if e.save:
+                    save(run_dir, step + 1, learners, sampler, rollout, history, cfg)
+                raise
 
             if cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0:
-                save(run_dir, step + 1, model, tokenizer, optimizer, scheduler, sampler, rollout, history, cfg)
+                save(run_dir, step + 1, learners, sampler, rollout, history, cfg)
 
-        final_metrics = run_eval(engine, tokenizer, env, cfg, cfg.trainer.max_steps, log) if eval_due(cfg.trainer.max_steps) else {}
-        # before the engine closes: under external_launcher its shutdown tears down the ranks' process group
-        final_dir = ckpt.save_final(run_dir, model, tokenizer)
+        final_metrics = run_eval(actors, env, cfg, cfg.trainer.max_steps, log) if eval_due(cfg.trainer.max_steps) else {}
+        # before the engines close: under external_launcher their shutdown tears down the ranks' process group
+        final_dir = ckpt.save_final(run_dir, learners)
     if main:
         plot_run(run_dir)
         tally.summary(cfg.trainer.max_steps - start)
-        write_model_card(final_dir, run_dir, cfg, final_metrics)  # final/README.md, curves.png beside it
-        print(f"done: {run_dir} (final model: {final_dir})")
+        for actor in learners:  # final/<name>/README.md, curves.png beside it
+            write_model_card(final_dir / actor.name, run_dir, cfg.actor_config(actor.name), final_metrics)
+        print(f"done: {run_dir} (final {'model' if len(learners) == 1 else 'models'}: "
+              + ", ".join(str(final_dir / a.name) for a in learners) + ")")
     return final_metrics
+
+
+def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: str) -> dict[str, float]:
+    """One trainable actor's share of a step: log-probs, advantages, update(s), weight sync. Returns its
+    update and rollout metrics, names prefixed with `<actor>/` when the run has several actors."""
+    cfg = actor.cfg
+    if not samples:  # it did not speak this step (e.g. a schedule that skipped it)
+        actor.scheduler.step()
+        return {}
+    with timer("logprobs"):
+        batch = compute_logprobs(actor.model, actor.ref_model, collate(samples, actor.tokenizer.pad_token_id), cfg)
+    with timer("advantage"):
+        compute_advantages(samples, batch, cfg)
+    metrics = {}
+    with timer("update"):
+        for part in split_updates(samples, batch):
+            for _ in range(cfg.algo.iterations):
+                metrics |= optimize(actor.model, actor.optimizer, part, cfg)
+        actor.scheduler.step()  # once per training step: lr_lambda counts steps, not update passes
+    with timer("sync"):
+        actor.sync()
+    metrics = {k: float(v) for k, v in metrics.items()} | {"update/skipped_nonfinite": parallel.pop_skipped_nonfinite()}
+    if prefix:  # the actor's own view of the step; the unprefixed rollout metrics are over every actor
+        metrics |= rollout_metrics(samples) | {"perf/lr": actor.scheduler.get_last_lr()[0]}
+    return {prefix + k: v for k, v in metrics.items()}
+
+
+class Engines:
+    """closing() target: every actor's engine, each closed once."""
+
+    def __init__(self, actors: dict[str, Actor]):
+        self.actors = actors
+
+    def close(self) -> None:
+        close_all(self.actors)
+
+
+def offloaded(actors: list[Actor], hw):
+    """GPU ZeRO-3 with hardware.offload_between_phases: these actors' trainer states in CPU RAM meanwhile."""
+    stack = ExitStack()
+    for actor in actors:
+        stack.enter_context(parallel.offloaded(actor.model, hw))
+    return stack
 
 
 def prompts_that_fit(env, tokenizer, cfg: Config) -> tuple[list, int]:
@@ -171,14 +206,17 @@ def rank_share(draw):
 
 
 SUMMED_OVER_RANKS = ("rollout/tokens", "rollout/gen_tokens", "rollout/samples", "rollout/groups", "reward/unscored",
-                     "update/rows")
+                     "update/rows", "update/skipped_nonfinite")
 
 
-def step_metrics(metrics: dict, samples, batch, scheduler, phases: dict[str, float],
+def step_metrics(metrics: dict, samples, scheduler, phases: dict[str, float],
                  started: tuple[float, float]) -> dict[str, float]:
     """Everything logged for one step. The float() conversion is the step's one device sync."""
-    metrics = metrics | rollout_metrics(samples, batch) | {f"time/{k}": v for k, v in phases.items()}
-    metrics = dist.combine_metrics({k: float(v) for k, v in metrics.items()}, summed=SUMMED_OVER_RANKS)
+    metrics = metrics | rollout_metrics(samples) | {f"time/{k}": v for k, v in phases.items()}
+    metrics = {k: float(v) for k, v in metrics.items()}
+    summed = tuple(k for k in metrics if k in SUMMED_OVER_RANKS or k.split("/", 1)[-1] in SUMMED_OVER_RANKS
+                   or k.startswith("reward/failed/"))
+    metrics = dist.combine_metrics(metrics, summed=summed)
     metrics["perf/lr"] = scheduler.get_last_lr()[0]
     metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(phases.get("generate", 0.0), 1e-9)
     metrics["time/step"] = time.perf_counter() - started[0]
@@ -186,22 +224,22 @@ def step_metrics(metrics: dict, samples, batch, scheduler, phases: dict[str, flo
     return {k: float(v) for k, v in metrics.items()}
 
 
-def run_eval(engine, tokenizer, env, cfg: Config, step: int, log: MetricsLog) -> dict:
+def run_eval(actors: dict[str, Actor], env, cfg: Config, step: int, log: MetricsLog) -> dict:
     started = time.perf_counter()
-    metrics, rows = evaluate(engine, tokenizer, env, cfg)  # each rank a share of the problems, metrics over all
+    with deadline("eval", step, cfg.rollout.timeout_s):
+        metrics, rows = evaluate(actors, env, cfg)  # each rank a share of the problems, metrics over all
     log.log(step, metrics)
     log.log_samples(step, rows[:cfg.eval.log_samples])
     if dist.rank() == 0:
-        print(f"eval @ step {step} ({time.perf_counter() - started:.0f} s): " + " | ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()))
+        print(f"eval @ step {step} ({time.perf_counter() - started:.0f} s): " + " | ".join(f"{k.split('eval/')[-1]} {v:.3f}" for k, v in metrics.items()))
     return metrics
 
 
-def save(run_dir, step, model, tokenizer, optimizer, scheduler, sampler, rollout, history, cfg: Config) -> None:
+def save(run_dir, step, learners: list[Actor], sampler, rollout, history, cfg: Config) -> None:
     state = {"step": step, "sampler": sampler.state_dict(), "rollout": rollout.state_dict(),
-             "rng": ckpt.rng_state(), "history": history}
+             "rng": ckpt.rng_states(), "history": history}
     # collective under ZeRO-3: every rank writes its shard
-    path = ckpt.save_checkpoint(run_dir, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                                scheduler=scheduler, trainer_state=state,
+    path = ckpt.save_checkpoint(run_dir, step, actors=learners, trainer_state=state,
                                 config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)),
                                 keep_last=cfg.trainer.keep_last)
     if dist.rank() == 0:
@@ -224,8 +262,9 @@ def warn_config_drift(cfg: Config, ckpt_dir: Path) -> None:
     """The checkpoint's config wins for what it stores; a differing seed or algorithm is worth a warning."""
     saved = OmegaConf.load(ckpt_dir / "config.yaml")
     now = OmegaConf.structured(cfg)
-    for key in ("seed", "algo.name", "env.name", "trainer.prompts_per_step", "trainer.group_size",
-                "actors.lora.r", "actors.qlora"):
+    keys = ["seed", "algo.name", "env.name", "trainer.prompts_per_step", "trainer.group_size"]
+    keys += [f"actors.{name}.{key}" for name in cfg.actors for key in ("path", "lora.r", "qlora", "trainable")]
+    for key in keys:
         old, new = OmegaConf.select(saved, key), OmegaConf.select(now, key)
         if old != new:
             print(f"warning: resume: {key}={new!r} differs from the checkpoint's {old!r}")

@@ -77,7 +77,7 @@ def main() -> None:
                  f"output_dir={tempfile.mkdtemp(prefix='bench_rollout-')}"]
     cfg = compose_config(overrides + ["rollout.engine=hf"])
     hw = resolve_hardware(cfg.hardware)
-    model_dir = resolve_model_path(cfg.actors.path)
+    model_dir = resolve_model_path(cfg.policy.path)
     model = load_model(model_dir, hw.dtype, trainable=True)  # the trainer's model: HF generates with it
     tokenizer = load_tokenizer(model_dir)
 

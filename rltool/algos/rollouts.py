@@ -8,7 +8,7 @@ with rewards; advantages are computed by the loop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -36,6 +36,14 @@ class RolloutContext:
     draw: Callable[[int], list[Example]]
     """draw(k) -> the next k training prompts of this rank (the sampler keeps the position)."""
     rank: int = 0
+    actors: dict = field(default_factory=dict)
+    """name -> rltool.actors.actor.Actor (engine, tokenizer, sampling()): what multi-actor environments drive.
+    `engine` and `tokenizer` above are the policy's (the first trainable actor)."""
+
+    @property
+    def policy(self) -> str:
+        """The name single-policy rollouts label their samples with."""
+        return next((n for n, a in self.actors.items() if a.trainable), "policy")
 
     def sampling(self, n: int, max_new_tokens: int | None = None) -> Sampling:
         r = self.cfg.rollout
@@ -93,9 +101,16 @@ def sample_groups(ctx: RolloutContext, examples: list[Example], ids: GroupIds, *
         overlong = ctx.cfg.algo.overlong_mask and c.truncated
         samples.append(Sample(prompt_ids=prompt, completion_ids=c.token_ids, sample_logp=c.logp,
                               group=group, reward=s.reward, success=s.success, feedback=s.feedback,
-                              text=c.text, truncated=c.truncated, kind=kind, example_id=example.id,
+                              text=c.text, truncated=c.truncated, kind=kind, example_id=example.id, actor=ctx.policy,
                               loss_weight=0.0 if overlong else 1.0, info={"reward_parts": s.parts}))
     return samples
+
+
+def play(ctx: RolloutContext, examples: list[Example], ids: GroupIds) -> list[Sample]:
+    """A group of trajectories per example: the environment's own rollout when it has one (multi-turn,
+    multi-actor: `env.play`), else `group_size` single-turn completions of the policy."""
+    env_play = getattr(ctx.env, "play", None)
+    return env_play(ctx, examples, ids) if env_play else sample_groups(ctx, examples, ids)
 
 
 def keep_informative(samples: list[Sample], metric: str = "success") -> list[Sample]:
@@ -128,7 +143,7 @@ class GroupRollout:
     def __call__(self, step: int) -> tuple[list[Sample], dict[str, float]]:
         ctx, want = self.ctx, self.ctx.cfg.trainer.prompts_per_step // self.ctx.cfg.hardware.num_processes
         ids = GroupIds(ctx.rank)
-        samples = sample_groups(ctx, ctx.draw(want), ids)
+        samples = play(ctx, ctx.draw(want), ids)
         metrics = {"rollout/reward_all": _mean([s.reward for s in samples])}
         if ctx.cfg.algo.dynamic_sampling:
             metric = ctx.cfg.algo.dynamic_sampling_metric
@@ -137,7 +152,7 @@ class GroupRollout:
                 missing = want - len({s.group for s in samples})
                 if missing <= 0:
                     break
-                samples += keep_informative(sample_groups(ctx, ctx.draw(missing), ids), metric)
+                samples += keep_informative(play(ctx, ctx.draw(missing), ids), metric)
             kept = set(sorted({s.group for s in samples})[:want])
             # Nothing informative at all: train on the first round, whose advantages are all 0.
             samples = [s for s in samples if s.group in kept] or first_round

@@ -6,12 +6,11 @@ the same env can be trained with different rewards by changing YAML alone.
 """
 from __future__ import annotations
 
-from functools import reduce
-from operator import add
 from typing import Callable
 
 from rltool.config import ConfigError, EnvConfig
 from rltool.envs.base import Env, Example
+from rltool.envs.compose import ComposedEnv
 from rltool.registry import Registry
 
 ENVS: Registry[Callable[[EnvConfig], Env]] = Registry("environment")
@@ -31,10 +30,11 @@ def validate_env_config(cfg: EnvConfig) -> None:
 
 def make_env(cfg: EnvConfig) -> Env:
     validate_env_config(cfg)
-    return reduce(add, [ENVS[name](cfg) for name in cfg.name.split("+")])
+    parts = [ENVS[name](cfg) for name in cfg.name.split("+")]
+    return parts[0] if len(parts) == 1 else ComposedEnv(parts, cfg.mix, cfg.eval_only)
 
 
 # Imported last: these modules use register_env, defined above.
-from rltool.envs import arithmetic, gsm8k  # noqa: E402,F401
+from rltool.envs import arithmetic, collab, gsm8k, parallel  # noqa: E402,F401
 
 __all__ = ["ENVS", "Env", "Example", "make_env", "register_env", "validate_env_config"]

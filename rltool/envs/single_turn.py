@@ -1,7 +1,7 @@
 """Shared behaviour of one-prompt, one-completion environments.
 
 `Env` in base.py is a Protocol (structural, no code), so the defaults live here: the standard
-chat prompt (optional system prompt, then question + instruction) and `env_a + env_b`.
+chat prompt (optional system prompt, then question + instruction).
 Subclasses only build their example lists.
 """
 from __future__ import annotations
@@ -28,8 +28,3 @@ class SingleTurnEnv:
         system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
         user = example.question + "\n\n" + self.cfg.instruction if self.cfg.instruction else example.question
         return system + [{"role": "user", "content": user}]
-
-    def __add__(self, other):
-        from rltool.envs.compose import ComposedEnv
-
-        return ComposedEnv(self, other)

@@ -6,6 +6,7 @@ removed but otherwise as written ("18.0" stays "18.0"); compare them with `numbe
 """
 from __future__ import annotations
 
+import ast
 import re
 from fractions import Fraction
 from typing import Optional
@@ -35,10 +36,60 @@ def parse_hash_answer(text: str) -> Optional[str]:
     return _clean(m.group(1)) if m else None
 
 
+def parse_numbers(text: str) -> list[str]:
+    """Every number in the text, in order (commas dropped)."""
+    return [_clean(n) for n in _NUMBER.findall(text)]
+
+
 def parse_last_number(text: str) -> Optional[str]:
     """The last number anywhere in the text: GSM8K's lenient 'flexible extract'."""
-    found = _NUMBER.findall(text)
-    return _clean(found[-1]) if found else None
+    found = parse_numbers(text)
+    return found[-1] if found else None
+
+
+_CALC = re.compile(r"([-+*/x×().,$\d\s]+)=(?=\s*\$?\s*(" + NUMBER + r"))")  # lookahead: 'a = b = c' chains
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_OPERATION = re.compile(r"\d\s*[-+*/]\s*[(\d]")
+_ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+          ast.Div: lambda a, b: a / b}
+
+
+def parse_calculations(text: str) -> list[str]:
+    """The results of the *correct* calculations written in the text, in order.
+
+    '9 + 6 = 15' and GSM8K's '<<9+6=15>>15' give '15'; '9 + 6 = 16' gives nothing, and so do
+    '20 = 20' (no operator) and '2/3 of x = 12' (not arithmetic). The left side may hold numbers,
+    + - * / (x and × read as *), parentheses, '$' and thousands commas; it is evaluated exactly
+    (Fraction, no eval()), so a fake equation is not a calculation. Unit-laden steps ('60g * 4/5')
+    are not recognised.
+    """
+    out = []
+    for m in _CALC.finditer(text):
+        lhs = _THOUSANDS.sub("", m.group(1)).split(",")[-1]  # any other comma separates, not groups
+        lhs = lhs.replace("$", "").replace("×", "*").replace("x", "*").strip().lstrip("*/+.)").strip()
+        if not _OPERATION.search(lhs):
+            continue
+        value = _evaluate(lhs)
+        if value is not None and value == Fraction(_clean(m.group(2))):
+            out.append(_clean(m.group(2)))
+    return out
+
+
+def _evaluate(expr: str) -> Optional[Fraction]:
+    """+ - * / and parentheses over decimal literals, exactly; None for anything else."""
+    def walk(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return Fraction(str(node.value))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return -walk(node.operand) if isinstance(node.op, ast.USub) else walk(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+            return _ARITH[type(node.op)](walk(node.left), walk(node.right))
+        raise ValueError(f"not arithmetic: {ast.dump(node)}")
+
+    try:
+        return walk(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):  # RecursionError: '1+1+...' thousands long
+        return None
 
 
 def parse_gsm8k_gold(answer_field: str) -> str:

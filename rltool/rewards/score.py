@@ -9,9 +9,15 @@ Where a reward's parameters are checked against the row's columns: at build time
 passes `columns` (`validate_reward_config(cfg, columns)`, `Scorer(cfg, n, columns=...)`),
 otherwise when a row lacks one, at the first call that meets it. Either way it is one ConfigError
 line naming the function, the missing parameter and the names available.
+
+A reward that raises, overruns `reward.timeout_s`, or returns None, nan or inf leaves that sample
+unscored (rltool/rewards/runner.py) and is counted per function: `step_metrics()` returns
+`reward/failed/<name>` (samples) and `reward/failed_frac/<name>` (share of the step's calls) once per
+step, and `last_error[name]` keeps the latest error text for the run's warning or abort line.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Collection, Optional, Sequence
 
@@ -19,6 +25,7 @@ from rltool.config import ConfigError, EnvConfig, RewardConfig
 from rltool.envs.base import Example
 from rltool.registry import Registry
 from rltool.rewards.registry import COLUMNS, FEEDBACK, FIXED, REWARDS, Row, load_reward_module
+from rltool.rewards.runner import RewardRunner
 
 
 @dataclass
@@ -84,6 +91,26 @@ class Scorer:
         self.feedback_fn = FEEDBACK[cfg.feedback] if cfg.feedback is not None else None
         self.length_penalty = cfg.length_penalty
         self.max_new_tokens = max_new_tokens
+        self.runner = RewardRunner(cfg.timeout_s, cfg.workers, cfg.module)
+        self.failed: dict[str, int] = {}  # name -> unscored samples since the last step_metrics()
+        self.calls: dict[str, int] = {}
+        self.last_error: dict[str, str] = {}
+        self.warned: set[str] = set()
+        self.say = os.environ.get("RANK", "0") == "0"  # launched ranks all score; the first says it
+
+    def step_metrics(self) -> dict[str, float]:
+        """`reward/failed/<name>` and `reward/failed_frac/<name>` since the last call (every reward
+        that ran appears, 0 included, so a streak is visible); then the counts start again."""
+        out: dict[str, float] = {}
+        for name, calls in self.calls.items():
+            out[f"reward/failed/{name}"] = float(self.failed.get(name, 0))
+            out[f"reward/failed_frac/{name}"] = self.failed.get(name, 0) / max(calls, 1)
+        self.failed, self.calls = {}, {}
+        return out
+
+    def close(self) -> None:
+        """Stops reward worker processes (reward.workers > 0); in-process scoring has nothing to stop."""
+        self.runner.close()
 
     @classmethod
     def from_config(cls, cfg: RewardConfig, max_new_tokens: int, columns: Optional[Collection[str]] = None) -> "Scorer":
@@ -111,7 +138,7 @@ class Scorer:
         return self.score_rows(rows, num_tokens)
 
     def score_rows(self, rows: Sequence[Row], num_tokens: Sequence[int]) -> list[Score]:
-        results = {name: r.score(rows) for name, r in self.rewards.items()}  # name -> [(value, text)] per row
+        results = {name: self._run(name, r, rows) for name, r in self.rewards.items()}  # name -> [(value, text)] per row
         scores = []
         for i, (row, tokens) in enumerate(zip(rows, num_tokens)):
             values = [results[name][i][0] for name, _ in self.terms]
@@ -124,6 +151,23 @@ class Scorer:
             scores.append(Score(reward=shaped, success=1.0 if success_value is not None and success_value > 0 else 0.0,
                                 feedback=text, parts={name: results[name][i][0] for name in self.rewards}))
         return scores
+
+
+    def _run(self, name: str, r, rows: Sequence[Row]) -> list[tuple[Optional[float], str]]:
+        out, failed, error = self.runner.call(r, rows)
+        unscored = sum(v is None for v, _ in out)  # raised or timed out, or returned None / nan / inf
+        self.calls[name] = self.calls.get(name, 0) + len(rows)
+        self.failed[name] = self.failed.get(name, 0) + unscored
+        if error is not None:
+            self.last_error[name] = error
+        elif unscored > failed:
+            self.last_error.setdefault(name, "returned None, nan or inf")
+        if unscored and name not in self.warned:
+            self.warned.add(name)
+            if self.say:
+                print(f"warning: reward {name!r} could not score {unscored} of {len(rows)} samples "
+                      f"({self.last_error[name]}); they are unscored, counted in reward/failed/{name} (printed once)")
+        return out
 
 
 def reward_metrics(scores: Sequence[Score]) -> dict[str, float]:

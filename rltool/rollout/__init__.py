@@ -19,8 +19,9 @@ def make_engine(cfg: Config, hw, model, tokenizer, model_dir: str):
                                                                         cfg.algo.erl.reflection_max_new_tokens),
                         gpu_memory_utilization=h.vllm_gpu_memory_utilization, kv_cache_gib=h.vllm_kv_cache_gib,
                         max_num_seqs=h.vllm_max_num_seqs, sleep_mode=h.sleep_mode, ignore_eos=cfg.rollout.ignore_eos,
+                        enforce_eager=cfg.rollout.enforce_eager,
                         external_launcher=dist.world_size() > 1)  # one engine per rank
-    if cfg.actors.qlora and model is not None:  # the trainer's base is model_dir's rounded to 4 bits: start vLLM on it
+    if cfg.policy.qlora and model is not None:  # the trainer's base is model_dir's rounded to 4 bits: start vLLM on it
         sync_weights(engine, model)
     return engine
 

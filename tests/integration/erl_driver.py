@@ -54,13 +54,14 @@ def instrument(rec: Recorder) -> None:
     import torch
 
     from rltool import train as loop
+    from rltool.actors import actor as actors_module
     from rltool.actors.logprobs import completion_logp
     from rltool.algos.erl import ERLRollout
     from rltool.rollout.prompts import encode_chat
     from rltool.samples import Sample
 
     init, call, collate, evaluate, sync = (ERLRollout.__init__, ERLRollout.__call__, loop.collate, loop.evaluate,
-                                           loop.sync_weights)
+                                           actors_module.sync_weights)
 
     def recorded_init(self, ctx):
         init(self, ctx)
@@ -85,9 +86,9 @@ def instrument(rec: Recorder) -> None:
                                   "prompt_width": batch.prompt_width}
         return batch
 
-    def recorded_evaluate(engine, tokenizer, env, cfg):
+    def recorded_evaluate(actors, env, cfg):
         before = rec.memory()
-        out = evaluate(engine, tokenizer, env, cfg)
+        out = evaluate(actors, env, cfg)
         rec.evals.append({"after_rollouts": len(rec.steps), "memory_before": before, "memory_after": rec.memory()})
         return out
 
@@ -101,7 +102,7 @@ def instrument(rec: Recorder) -> None:
                            "trainer": trainer})
 
     ERLRollout.__init__, ERLRollout.__call__ = recorded_init, recorded_call
-    loop.collate, loop.evaluate, loop.sync_weights = recorded_collate, recorded_evaluate, recorded_sync
+    loop.collate, loop.evaluate, actors_module.sync_weights = recorded_collate, recorded_evaluate, recorded_sync
 
 
 def sample_row(s, tok, examples) -> dict:
@@ -114,14 +115,14 @@ def sample_row(s, tok, examples) -> dict:
 def main(record_path: str, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
-    from rltool.cli import conf_dir, to_config
+    from rltool.cli import conf_dir, rewrite_overrides, to_config
     from rltool.config import register_configs
     from rltool.rewards.registry import reward
 
     reward("test_controlled")(controlled_reward)
     register_configs()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        cfg = to_config(compose(config_name="config", overrides=overrides))
+        cfg = to_config(compose(config_name="config", overrides=rewrite_overrides(overrides)))
 
     rec = Recorder()
     instrument(rec)

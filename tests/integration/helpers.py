@@ -11,7 +11,8 @@ RLTOOL = [sys.executable, "-m", "rltool.cli"]
 # Small but real: the embedded model, real vLLM, real optimizer steps. The length penalty makes
 # rewards differ within every group, so each step has a non-zero gradient even when no answer is right.
 TINY = ["env=arithmetic", "reward=arithmetic", "reward.length_penalty=0.5", "trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.micro_batch_size=4",
-        "rollout.max_new_tokens=24", "eval.max_new_tokens=24", "eval.size=8", "hardware=cpu"]
+        "rollout.max_new_tokens=24", "eval.max_new_tokens=24", "eval.size=8", "hardware=cpu",
+        "rollout.enforce_eager=true"]  # vLLM starts in seconds instead of ~90 s of torch.compile
 
 
 def rltool(*args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:

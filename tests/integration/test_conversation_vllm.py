@@ -33,7 +33,8 @@ class CountingEngine:
 def played():
     path = str(materialize())
     tokenizer = load_tokenizer(path)
-    engine = VLLMEngine(path, dtype="float32", device="cpu", seed=0, max_model_len=1024, kv_cache_gib=1, max_num_seqs=16)
+    engine = VLLMEngine(path, dtype="float32", device="cpu", seed=0, max_model_len=1024, kv_cache_gib=1, max_num_seqs=16,
+                        enforce_eager=True)  # no ~90 s torch.compile per engine start
     try:
         counting = CountingEngine(engine)
         sampling = Sampling(n=1, temperature=1.0, max_new_tokens=12, seed=0)

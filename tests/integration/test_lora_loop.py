@@ -46,14 +46,14 @@ def test_steps_run_with_finite_losses_and_kl(lora_run):
 def test_only_adapter_weights_changed(lora_run):
     run, _ = lora_run
     base = load_file(materialize() / "model.safetensors")
-    final = load_file(run / "final" / "model.safetensors")
+    final = load_file(run / "final" / "policy" / "model.safetensors")
     assert final.keys() == base.keys()
     frozen = [k for k in base if not any(m in k for m in LINEAR)]  # embeddings, norms
     assert frozen and all(torch.equal(base[k], final[k]) for k in frozen)
     assert any(not torch.equal(base[k], final[k]) for k in base if any(m in k for m in LINEAR))
     ckpts = run / "checkpoints"
-    a1 = load_file(ckpts / "step_000001" / "adapter" / "adapter_model.safetensors")
-    a2 = load_file(ckpts / "step_000002" / "adapter" / "adapter_model.safetensors")
+    a1 = load_file(ckpts / "step_000001" / "actors" / "policy" / "adapter" / "adapter_model.safetensors")
+    a2 = load_file(ckpts / "step_000002" / "actors" / "policy" / "adapter" / "adapter_model.safetensors")
     assert a1.keys() == a2.keys() and any(not torch.equal(a1[k], a2[k]) for k in a1)
 
 
@@ -62,12 +62,12 @@ def test_final_is_plain_hf_model_equal_to_base_plus_adapter(lora_run):
     from transformers import AutoModelForCausalLM
 
     run, _ = lora_run
-    assert not list((run / "final").glob("adapter*"))
-    final = AutoModelForCausalLM.from_pretrained(run / "final", dtype=torch.float32)
+    assert not list((run / "final" / "policy").glob("adapter*"))
+    final = AutoModelForCausalLM.from_pretrained(run / "final" / "policy", dtype=torch.float32)
     assert type(final).__name__ == "LlamaForCausalLM"
-    assert load_tokenizer(str(run / "final")).encode("12 + 30")
+    assert load_tokenizer(str(run / "final" / "policy")).encode("12 + 30")
     base = AutoModelForCausalLM.from_pretrained(materialize(), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(run / "checkpoints" / "step_000002" / "adapter")).merge_and_unload()
+    merged = PeftModel.from_pretrained(base, str(run / "checkpoints" / "step_000002" / "actors" / "policy" / "adapter")).merge_and_unload()
     expected = dict(merged.named_parameters())
     for name, p in final.named_parameters():
         torch.testing.assert_close(p, expected[name], atol=1e-6, rtol=0, msg=name)
@@ -80,8 +80,8 @@ def test_resume_from_step_1(lora_run, tmp_path):
     ckpt = copy / "checkpoints" / "step_000001"
     out = rltool("train", *TINY, *STEPS, f"resume={ckpt}")
     assert "resumed from" in out.stdout and "at step 1" in out.stdout
-    assert f"lora: {ckpt / 'adapter'}" in out.stdout  # trainer: base + the checkpoint's adapter
+    assert f"lora: {ckpt / 'actors' / 'policy' / 'adapter'}" in out.stdout  # trainer: base + the checkpoint's adapter
     assert by_step(read_jsonl(copy / "data_order.jsonl"), "examples") == \
         by_step(read_jsonl(run / "data_order.jsonl"), "examples")
     assert math.isfinite(by_step(read_jsonl(copy / "metrics.jsonl"), "loss/policy")[2])
-    assert (copy / "checkpoints" / "step_000002" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (copy / "checkpoints" / "step_000002" / "actors" / "policy" / "adapter" / "adapter_model.safetensors").is_file()

@@ -30,7 +30,7 @@ def test_optuna_sweep_tables_every_trial(tmp_path):
     for r in rows:
         assert all(0.0 <= float(r[m]) <= 1.0 for m in METRICS), r
         assert "trainer.lr=" in r["overrides"] and "algo.clip_eps_high=" in r["overrides"]
-        assert (tmp_path / r["run_dir"] / "final" / "model.safetensors").exists()
+        assert (tmp_path / r["run_dir"] / "final" / "policy" / "model.safetensors").exists()
     assert len({r["run_dir"] for r in rows}) == 2
     # Optuna got each trial's sweep_metric (eval/accuracy_flexible) as its objective.
     log = proc.stdout + proc.stderr

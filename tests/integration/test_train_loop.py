@@ -46,7 +46,7 @@ def test_eval_at_zero_every_and_end(full_run):
 def test_weights_changed_and_checkpoints_pruned(full_run):
     run, _ = full_run
     base = load_file(materialize() / "model.safetensors")
-    final = load_file(run / "final" / "model.safetensors")
+    final = load_file(run / "final" / "policy" / "model.safetensors")
     assert any(not torch.equal(base[k], final[k]) for k in base)
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002", "step_000003"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_000003"
@@ -77,7 +77,8 @@ def test_kill_after_checkpoint_then_resume_matches_uninterrupted(full_run, tmp_p
 def test_eval_command_on_trained_model(full_run, tmp_path):
     run, _ = full_run
     out = rltool("eval", "env=arithmetic", "eval.size=8", "eval.max_new_tokens=24", "eval.n=2", "hardware=cpu",
-                 f"actors.path={run / 'final'}", f"hydra.run.dir={tmp_path}")
+                 "rollout.enforce_eager=true",
+                 f"actors.path={run / 'final' / 'policy'}", f"hydra.run.dir={tmp_path}")
     assert "eval/accuracy_strict" in out.stdout and "eval/pass@2" in out.stdout
     assert (tmp_path / "eval.json").exists()
 
@@ -112,7 +113,7 @@ def test_console_has_rltool_lines_and_the_run_log_has_vllm(full_run):
 
 def test_final_has_a_model_card(full_run):
     run, _ = full_run
-    card = (run / "final" / "README.md").read_text()
+    card = (run / "final" / "policy" / "README.md").read_text()
     final_acc = by_step(read_jsonl(run / "metrics.jsonl"), "eval/accuracy_strict")[3]
     assert "trained with **grpo**" in card and f"| eval/accuracy_strict | {final_acc:.4g} |" in card
-    assert (run / "final" / "curves.png").is_file() and "rltool train" in card
+    assert (run / "final" / "policy" / "curves.png").is_file() and "rltool train" in card

@@ -27,7 +27,8 @@ def setup(request):
     path = str(materialize())
     tokenizer = load_tokenizer(path)
     model = load_policy(ActorConfig(path=path, lora=LoraConfig(r=request.param)), "float32", base_dir=path)
-    engine = VLLMEngine(path, dtype="float32", device="cpu", seed=0, max_model_len=512, kv_cache_gib=1, max_num_seqs=16)
+    engine = VLLMEngine(path, dtype="float32", device="cpu", seed=0, max_model_len=512, kv_cache_gib=1, max_num_seqs=16,
+                        enforce_eager=True)  # no ~90 s torch.compile per engine start
     prompt = encode_chat(tokenizer, [{"role": "user", "content": "What is 17 + 25?"}], 256)
     yield tokenizer, model, engine, prompt
     engine.close()

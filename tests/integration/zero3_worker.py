@@ -87,7 +87,8 @@ def main(out: str, with_engine: bool, lora_r: int) -> None:
         from rltool.rollout.vllm_engine import VLLMEngine
 
         engine = VLLMEngine(path, dtype="float32", device="cpu", seed=0, max_model_len=256, kv_cache_gib=1,
-                            max_num_seqs=8, external_launcher=dist.world_size() > 1)
+                            max_num_seqs=8, external_launcher=dist.world_size() > 1,
+                            enforce_eager=True)  # no ~90 s torch.compile per rank
         before = engine.prompt_logprobs(probe.prompt_ids, probe.completion_ids)
 
     result = {"world": dist.world_size(), "deepspeed": parallel.is_deepspeed(model),

@@ -99,7 +99,7 @@ def test_arithmetic_eval_size_must_fit():
 def test_composition_interleaves_concatenates_and_routes():
     g = GSM8KEnv(EnvConfig(name="gsm8k", eval_size=3, train_size=2, instruction="G"))
     a = ArithmeticEnv(EnvConfig(name="arithmetic", eval_size=2, train_size=4, instruction="A"))
-    env = g + a
+    env = ComposedEnv([g, a])
     assert isinstance(env, ComposedEnv) and env.name == "gsm8k+arithmetic"
     gt, at = g.train_examples(), a.train_examples()
     assert env.train_examples() == [gt[0], at[0], gt[1], at[1], at[2], at[3]]
@@ -107,12 +107,25 @@ def test_composition_interleaves_concatenates_and_routes():
     assert env.messages(gt[0])[-1]["content"].endswith("\n\nG")
     assert env.messages(at[0])[-1]["content"].endswith("\n\nA")
     with pytest.raises(ValueError, match="'arithmetic-train-0' appears in both"):
-        env + ArithmeticEnv(EnvConfig(name="arithmetic", eval_size=1, train_size=1))
+        ComposedEnv([env, ArithmeticEnv(EnvConfig(name="arithmetic", eval_size=1, train_size=1))])
+
+
+def test_mixing_weights_and_eval_only_parts():
+    g = GSM8KEnv(EnvConfig(name="gsm8k", eval_size=3, train_size=2))
+    a = ArithmeticEnv(EnvConfig(name="arithmetic", eval_size=2, train_size=4))
+    gt, at = g.train_examples(), a.train_examples()
+    # weights 3:1 -> 4 arithmetic examples need 4/3 "gsm8k units"... scale = max(2/1, 4/3) = 2: gsm8k 2, arithmetic 6
+    mixed = ComposedEnv([g, a], mix=[1, 3]).train_examples()
+    assert len(mixed) == 8 and sum(e in gt for e in mixed) == 2 and sum(e in at for e in mixed) == 6
+    assert mixed[:4] == [at[0], gt[0], at[1], at[2]]  # smooth round robin: credit 3 vs 1 per round
+    assert set(mixed) == set(gt) | set(at)  # nothing dropped; arithmetic's first two repeated
+    only_eval = ComposedEnv([g, a], eval_only=["gsm8k"])
+    assert only_eval.train_examples() == at and len(only_eval.eval_examples()) == 5
 
 
 def test_make_env_composes_by_name_and_rejects_unknown():
     env = make_env(EnvConfig(name="arithmetic+gsm8k", eval_size=5, train_size=5))
     assert env.name == "arithmetic+gsm8k" and len(env.eval_examples()) == 10
-    with pytest.raises(ConfigError, match="env.name='gsm9k'.*valid: arithmetic, gsm8k"):
+    with pytest.raises(ConfigError, match="env.name='gsm9k'.*valid: arithmetic, collab, .*gsm8k"):
         make_env(EnvConfig(name="gsm9k"))
-    assert ENVS.names() == ["arithmetic", "gsm8k"]
+    assert {"arithmetic", "gsm8k", "collab_arithmetic", "collab_gsm8k", "parallel_gsm8k"} <= set(ENVS.names())

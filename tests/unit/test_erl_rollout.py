@@ -73,7 +73,7 @@ def setup(tok, patterns, good=(), reward="gsm8k_strict", examples=None, system_p
         distinct = list({e.question: e for e in env.train_examples()}.values())
         examples = distinct[:len(patterns)]
     cfg = Config(algo=AlgoConfig(name="erl", rollout="erl", erl=ErlConfig(**erl)), env=env_cfg,
-                 actors=ActorConfig(path="unused"), hardware=HardwareConfig(name="cpu"),
+                 actors={"policy": ActorConfig(name="policy", path="unused")}, hardware=HardwareConfig(name="cpu"),
                  reward=RewardConfig(name="t", terms=[RewardTerm(name=reward)], success=reward),
                  rollout=RolloutConfig(max_new_tokens=64, max_prompt_len=max_prompt_len),
                  trainer=TrainerConfig(prompts_per_step=len(examples), group_size=G, micro_batch_size=G))
@@ -443,6 +443,6 @@ def test_each_reward_is_logged_over_the_first_attempts(tok):
     rollout, engine, ex = setup(tok, ["WWCC"])
     engine.good = {ex[0].question}
     samples, _ = rollout(0)
-    m = rollout_metrics(samples, collate(samples, pad_id=0))
+    m = rollout_metrics(samples)
     assert m["reward/gsm8k_strict"] == 0.5 == m["reward/success"]
     assert any(s.reward == 1.0 for s in samples if not s.first_attempt)  # retries scored 1, left out above

@@ -14,7 +14,7 @@ from rltool.actors.load import load_policy, load_reference
 from rltool.actors.logprobs import completion_logp
 from rltool.actors.lora import AdapterDisabled, add_adapter, is_peft, merged_named_weights, named_weights_for_engine
 from rltool.batch import collate
-from rltool.ckpt import adapter_dir, load_optimizer, model_dir, save_checkpoint, save_final
+from rltool.ckpt import actor_dir, adapter_dir, load_optimizer, model_dir, save_checkpoint, save_final
 from rltool.config import ActorConfig, AlgoConfig, ConfigError, LoraConfig, RolloutConfig, TrainerConfig
 from rltool.samples import Sample
 
@@ -128,14 +128,20 @@ def test_load_policy_and_reference(tmp_path):
     assert isinstance(load_reference(model, base, "float32"), AdapterDisabled)
 
 
+def actor(model, tokenizer, optimizer=None, scheduler=None):
+    """What the checkpoint functions read of a trainable actor (rltool.actors.actor.Actor)."""
+    return SimpleNamespace(name="policy", model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler)
+
+
 def test_checkpoint_holds_merged_model_and_adapter_and_resumes_exactly(tmp_path, tokenizer):
     model = lora_model()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     train_step(model, opt)
-    ckpt = save_checkpoint(tmp_path, 1, model=model, tokenizer=tokenizer, optimizer=opt, scheduler=sched,
+    step = save_checkpoint(tmp_path, 1, actors=[actor(model, tokenizer, opt, sched)],
                            trainer_state={"step": 1}, config_yaml="seed: 0\n", keep_last=2)
+    ckpt = actor_dir(step, "policy")
 
     # model/: a plain HF model equal to the merged weights, tied lm_head included.
     plain = AutoModelForCausalLM.from_pretrained(model_dir(ckpt))
@@ -164,8 +170,9 @@ def test_full_finetune_checkpoint_has_no_adapter(tmp_path, tokenizer):
     model = tiny_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    ckpt = save_checkpoint(tmp_path, 1, model=model, tokenizer=tokenizer, optimizer=opt, scheduler=sched,
+    step = save_checkpoint(tmp_path, 1, actors=[actor(model, tokenizer, opt, sched)],
                            trainer_state={"step": 1}, config_yaml="seed: 0\n", keep_last=2)
+    ckpt = actor_dir(step, "policy")
     assert adapter_dir(ckpt) is None and (model_dir(ckpt) / "model.safetensors").is_file()
     # lora.r=4 now, but the checkpoint is a full fine-tune: it resumes as one (its optimizer state fits that)
     resumed = load_policy(ActorConfig(path="unused", lora=LoraConfig(r=4)), "float32", base_dir="unused",
@@ -175,7 +182,7 @@ def test_full_finetune_checkpoint_has_no_adapter(tmp_path, tokenizer):
 
 def test_final_is_a_plain_merged_model(tmp_path, tokenizer):
     model = lora_model()
-    final = save_final(tmp_path, model, tokenizer)
+    final = save_final(tmp_path, [actor(model, tokenizer)]) / "policy"
     assert not list(final.glob("adapter*"))
     assert_close(logits(AutoModelForCausalLM.from_pretrained(final)), logits(model), atol=1e-5, rtol=0)
 

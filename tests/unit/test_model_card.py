@@ -24,7 +24,7 @@ def test_card_names_algorithm_settings_data_and_final_accuracy(tmp_path):
             {"step": 2, "time/step": 9.5, "reward/mean": 0.4}, {"step": 2, "eval/accuracy_strict": 0.3125}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plot_run(run)
-    cfg = config("algo=dr_grpo", "env=arithmetic", "trainer.max_steps=2", "actors.lora.r=8", "rollout.temperature=0.7")
+    cfg = config("algo=dr_grpo", "env=arithmetic", "trainer.max_steps=2", "++actors.policy.lora.r=8", "rollout.temperature=0.7")
     card = write_model_card(final, run, cfg, {"eval/accuracy_strict": 0.3125, "eval/format_rate": 1.0}).read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card

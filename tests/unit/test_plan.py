@@ -41,11 +41,18 @@ def test_tiny_counts_by_hand():
 
 
 def cfg(**over):
+    """The fields the plan reads; `actors=` one ActorConfig (the policy) or a name -> ActorConfig dict."""
     c = SimpleNamespace(trainer=TrainerConfig(micro_batch_size=2), rollout=RolloutConfig(max_new_tokens=4, max_prompt_len=4),
-                        actors=ActorConfig(path="m"), algo=AlgoConfig(name="t"),
+                        actors=ActorConfig(path="m"), algo=AlgoConfig(name="t"), env=SimpleNamespace(name="e"),
                         hardware=HardwareConfig(name="cpu", vllm_kv_cache_gib=1))
     for k, v in over.items():
         setattr(c, k, v)
+    if isinstance(c.actors, ActorConfig):
+        c.actors = {"policy": c.actors}
+    for name, actor in c.actors.items():
+        actor.name = name
+    c.policy = next(iter(c.actors.values()))
+    c.actor_algo = lambda name: c.algo
     return c
 
 
@@ -108,9 +115,10 @@ def test_batch_plan_splits_the_step_over_ranks():
     from rltool.plan import batch_plan
 
     cfg = SimpleNamespace(algo=AlgoConfig(name="grpo", iterations=2), env=EnvConfig(name="gsm8k"),
-                          actors=ActorConfig(path="embedded:smollm2-135m-instruct"),
+                          actors={"policy": ActorConfig(path="embedded:smollm2-135m-instruct")},
                           trainer=TrainerConfig(prompts_per_step=4, group_size=8, micro_batch_size=4, max_steps=10),
                           rollout=RolloutConfig(max_new_tokens=100, max_prompt_len=156))
+    cfg.policy = cfg.actors["policy"]
     text = batch_plan(cfg, SimpleNamespace(device="cpu", dtype="float32", num_processes=2))
     assert "2 processes" in text and "4 x group 8 = 32 completions/step" in text
     assert "per rank 16 completions in 4 micro-batches of 4 (accumulation steps per optimizer step: 4" in text

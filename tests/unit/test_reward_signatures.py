@@ -247,10 +247,14 @@ def test_a_raising_reward_propagates_with_its_name():
     def boom(completion, answer):
         return 1 / 0
 
-    with pytest.raises(RuntimeError) as err:
-        Scorer(cfg("boom"), max_new_tokens=10)("#### 18", ex(), 1)
+    with pytest.raises(RuntimeError) as err:  # called directly, it raises, naming itself
+        REWARDS["boom"].score([Row("#### 18", ex())])
     assert str(err.value) == "reward 'boom' raised ZeroDivisionError: division by zero"
     assert isinstance(err.value.__cause__, ZeroDivisionError)
+    # in a run (#14) the sample is unscored instead of ending the run, and the error is kept by name
+    scorer = Scorer(cfg("boom"), max_new_tokens=10)
+    assert scorer("#### 18", ex(), 1).reward is None
+    assert scorer.last_error == {"boom": "ZeroDivisionError: division by zero"}
 
 
 def test_signatures_refused_at_registration():

@@ -27,6 +27,12 @@ REWARD_CASES = {
         ("#### seventeen", "18", 0.0, "no '####' final answer found"),
         ("17", "18", 0.0, "no '####' final answer found"),
     ],
+    "format_gated": [  # the question is "q": no numbers to copy (tests/unit/test_gsm8k_shaped.py has those)
+        ("so 9 * 2 = 18\n#### 18", "18", 1.0, "answer format ok"),
+        ("so 9 * 2 = 17\n#### 17", "18", 1.0, "answer format ok"),
+        ("#### 18", "18", 0.0, "no reasoning before the '####' answer"),
+        ("17", "18", 0.0, "no '####' final answer found"),
+    ],
     "math_verify": [
         ("so 9*2 = 18\n#### 18", "18", 1.0, "correct"),
         ("The answer is $\\boxed{18}$", "18", 1.0, "correct"),

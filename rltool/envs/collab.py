@@ -1,0 +1,145 @@
+"""Collaborative environments: several actors talk a problem through in turns, then one answer counts.
+
+`env=collab_arithmetic` / `env=collab_gsm8k`: the problems of a single-turn task (`env.task`), a
+round-spec saying who speaks when (`env.round_spec`, default `solver -> checker`), a Jinja2 system
+prompt per actor (`env.system_prompts`), and an answer rule (`env.answer_from`: the last speaker, or
+a named actor's last turn). Every actor sees its own turns as `assistant` and the others' as `user`
+("Checker says: ...", `env.speaker_format`), in its own chat template (rltool/rollout/conversation.py).
+
+Training: `group_size` conversations per problem, all following one schedule by default
+(`env.schedule_per=group`) so a group's members are comparable; the answer is scored with the run's
+reward (which also sees the conversation and which actor it scores); each trainable actor gets one
+trajectory per conversation, trained on its own tokens only, with advantages normalised within its
+own groups (the loop splits samples by actor first).
+"""
+from __future__ import annotations
+
+import zlib
+
+from jinja2 import Environment, StrictUndefined
+
+from rltool.config import ConfigError, EnvConfig
+from rltool.envs import register_env
+from rltool.envs.base import Example
+from rltool.envs.round_spec import parse, schedules
+from rltool.envs.task_based import OnTask
+from rltool.rollout.conversation import Speaker, run_turns, start_conversations
+from rltool.rollout.engine import Sampling
+from rltool.samples import Completion, Sample
+
+DEFAULT_PROMPTS = {
+    "solver": "You are {{ name }}, solving a problem together with {{ others }}. Work it out step by step and end "
+              "with the final answer after '####'.",
+    "checker": "You are {{ name }}, checking the solution {{ others }} proposes. Point out any mistake, then give the "
+               "final answer after '####'.",
+}
+FALLBACK_PROMPT = "You are {{ name }}, working on a problem together with {{ others }}. End with the final answer after '####'."
+
+
+class CollabEnv(OnTask):
+    """A single-turn task's problems, played as a conversation between actors."""
+
+    columns = ("conversation", "actor")
+    """Offered to rewards besides the problem's own: the whole dialogue and the actor being scored."""
+
+    def __init__(self, cfg: EnvConfig, name: str, task: str):
+        super().__init__(cfg, name, task)
+        self._jinja = Environment(undefined=StrictUndefined, autoescape=False)
+
+    # ---- conversations ----
+    def opening(self, example: Example, actor: str, actors: list[str]) -> list[dict]:
+        """Actor `actor`'s system prompt (Jinja2 over the problem, never its answer) and the task."""
+        template = self.cfg.system_prompts.get(actor) or DEFAULT_PROMPTS.get(actor, FALLBACK_PROMPT)
+        others = " and ".join(a for a in actors if a != actor) or "nobody"
+        try:
+            system = self._jinja.from_string(template).render(question=example.question, name=actor.capitalize(),
+                                                              others=others.title(), actors=actors, meta=example.meta)
+        except Exception as e:  # a typo in a user's template: name it
+            raise ConfigError(f"env.system_prompts.{actor}: {type(e).__name__}: {e}") from None
+        task = [m for m in self.task.messages(example) if m["role"] != "system"]
+        return [{"role": "system", "content": system}] + task
+
+    def spec(self, actors: list[str]):
+        return parse(self.cfg.round_spec, actors)
+
+    def converse(self, actors: dict, examples: list[Example], schedules_: list[list[str]], sampling: dict[str, Sampling],
+                 max_prompt_len: int):
+        """Play one conversation per (example, schedule) pair, every turn batched per actor."""
+        names = list(actors)
+        speakers = {n: Speaker(actors[n].engine, actors[n].tokenizer, sampling[n]) for n in names}
+        starts = [{n: self.opening(e, n, names) for n in names} for e in examples]
+        conversations = start_conversations(speakers, starts, schedules_)
+        run_turns(conversations, speakers, max_prompt_len, self.cfg.speaker_format)
+        return conversations
+
+    def answer(self, conversation) -> Completion:
+        """The turn whose text is the team's answer (an empty one if that actor never spoke)."""
+        turns = conversation.turns
+        if self.cfg.answer_from != "last":
+            turns = [t for t in turns if t[0] == self.cfg.answer_from]
+        return turns[-1][1] if turns else Completion([], [], "", False)
+
+    def play(self, ctx, examples: list[Example], ids) -> list[Sample]:
+        """Training rollout: group_size conversations per problem; a trajectory per trainable actor each."""
+        cfg, G = ctx.cfg, ctx.cfg.trainer.group_size
+        names = list(ctx.actors)
+        self._check_answer_from(names)
+        # seeded by the run seed and the problems: reproducible, and a resume replays the same schedules
+        seed = zlib.crc32(f"{cfg.seed}:{','.join(e.id for e in examples)}".encode())
+        plan = schedules(self.spec(names), seed, len(examples), G, self.cfg.schedule_per)
+        rows = [e for e in examples for _ in range(G)]
+        sampling = {n: a.sampling() for n, a in ctx.actors.items()}
+        conversations = self.converse(ctx.actors, rows, plan, sampling, cfg.rollout.max_prompt_len)
+        groups = [ids.take() for _ in examples]
+        dialogue = [[{"actor": who, "role": "assistant", "content": c.text} for who, c in conv.turns]
+                    for conv in conversations]
+        answers = [self.answer(c) for c in conversations]
+        learners = [n for n, a in ctx.actors.items() if a.trainable]
+        flat = [(i, n) for i in range(len(conversations)) for n in learners]
+        scores = ctx.scorer.score_batch([answers[i].text for i, _ in flat], [rows[i] for i, _ in flat],
+                                        [len(answers[i].token_ids) for i, _ in flat],
+                                        conversations=[dialogue[i] for i, _ in flat], actors=[n for _, n in flat])
+        samples = []
+        for (i, name), score in zip(flat, scores):
+            prompt, completion, mask, logp = conversations[i].views[name].trajectory()
+            if not any(mask):  # this actor never spoke in this conversation: nothing of its own to train
+                continue
+            samples.append(Sample(prompt_ids=prompt, completion_ids=completion, sample_logp=logp,
+                                  group=groups[i // G], reward=score.reward, success=score.success,
+                                  feedback=score.feedback, text=answers[i].text, example_id=rows[i].id,
+                                  truncated=conversations[i].ended_early or answers[i].truncated,
+                                  completion_mask=mask, actor=name,
+                                  info={"reward_parts": score.parts, "schedule": conversations[i].schedule}))
+        return samples
+
+    def answers(self, actors: dict, examples: list[Example], cfg) -> list[Completion]:
+        """Eval: one greedy conversation per problem, on a schedule fixed by env.seed; the team's answer."""
+        names = list(actors)
+        self._check_answer_from(names)
+        plan = schedules(self.spec(names), self.cfg.seed, len(examples), 1, "group")
+        greedy = {n: Sampling(greedy=True, max_new_tokens=cfg.eval.max_new_tokens) for n in names}
+        return [self.answer(c) for c in self.converse(actors, examples, plan, greedy, cfg.rollout.max_prompt_len)]
+
+    def _check_answer_from(self, names: list[str]) -> None:
+        if self.cfg.answer_from != "last" and self.cfg.answer_from not in names:
+            raise ConfigError(f"env.answer_from={self.cfg.answer_from!r}: must be last or an actor ({', '.join(names)})")
+
+
+@register_env("collab")
+class Collab(CollabEnv):
+    """Any single-turn task as a conversation: env=collab env.task=<task>."""
+
+    def __init__(self, cfg: EnvConfig):
+        super().__init__(cfg, "collab", cfg.task)
+
+
+@register_env("collab_arithmetic")
+class CollabArithmetic(CollabEnv):
+    def __init__(self, cfg: EnvConfig):
+        super().__init__(cfg, "collab_arithmetic", "arithmetic")
+
+
+@register_env("collab_gsm8k")
+class CollabGSM8K(CollabEnv):
+    def __init__(self, cfg: EnvConfig):
+        super().__init__(cfg, "collab_gsm8k", "gsm8k")

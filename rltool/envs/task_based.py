@@ -1,0 +1,35 @@
+"""Environments that play a single-turn task's problems in another way (a conversation, drafts +
+combiner): the task's examples under the environment's own id prefix, and its prompt."""
+from __future__ import annotations
+
+from rltool.config import ConfigError, EnvConfig
+from rltool.envs import ENVS
+from rltool.envs.base import Example
+
+
+def task_env(cfg: EnvConfig, task: str):
+    """The single-turn environment whose problems a collaborative or parallel one plays."""
+    if task not in ENVS or task.startswith(("collab", "parallel")):
+        raise ConfigError(f"env.task={task!r}: must be a single-turn environment, e.g. arithmetic or gsm8k")
+    return ENVS[task](cfg)
+
+
+class OnTask:
+    """`name`'s examples are `task`'s, ids prefixed with `name` (so `env=gsm8k+collab_gsm8k` keeps them
+    apart); the prompt alone is the task's."""
+
+    def __init__(self, cfg: EnvConfig, name: str, task: str):
+        self.cfg, self.name = cfg, name
+        self.task = task_env(cfg, task)
+        relabel = lambda exs: [Example(f"{name}-{e.id}", e.question, e.answer, e.meta) for e in exs]  # noqa: E731
+        self._train, self._eval = relabel(self.task.train_examples()), relabel(self.task.eval_examples())
+
+    def train_examples(self) -> list[Example]:
+        return self._train
+
+    def eval_examples(self) -> list[Example]:
+        return self._eval
+
+    def messages(self, example: Example) -> list[dict]:
+        """The task as one actor alone sees it (prompt-length checks use this)."""
+        return self.task.messages(example)

@@ -1,0 +1,20 @@
+"""Fault-injection points for the reliability tests: `RLTOOL_FAULT=<point>` SIGKILLs the process there.
+
+The checkpoint code calls `point("ckpt:model")`, `point("ckpt:rename")`, ... at each phase of a
+write, so a test can kill a real training process at exactly that moment and check what resume
+finds. A real SIGKILL, not an exception: no `finally`, no atexit, no flush, as in an OOM kill.
+Unset (always, outside tests) it costs one dict lookup per call.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("ckpt:actors", "ckpt:trainer_state", "ckpt:rename", "ckpt:latest", "ckpt:prune")
+"""In write order: actors' files written; trainer state written (not yet renamed); renamed into
+place (latest not yet updated); latest updated (not yet pruned); one old checkpoint pruned."""
+
+
+def point(name: str) -> None:
+    if os.environ.get("RLTOOL_FAULT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
