@@ -68,6 +68,25 @@ def check_lm_config(config: Config) -> None:
     check_device(config)
     for actor in config.actors.values():
         check_model_path(actor.path, f"actors.{actor.name}.path")
+    check_env_actors(config)
+
+
+def check_env_actors(config: Config) -> None:
+    """The actor names an environment refers to exist (round-spec, answer_from, drafter, combiner),
+    checked before any model loads. At least one actor trains."""
+    from rltool.envs.round_spec import parse
+
+    names, parts = list(config.actors), config.env.name.split("+")
+    if not any(a.trainable for a in config.actors.values()):
+        raise ConfigError("actors: every actor is frozen (trainable=false); at least one must train")
+    if any(p.startswith("collab") for p in parts):
+        parse(config.env.round_spec, names)  # RoundSpecError names the position
+        if config.env.answer_from not in ("last", *names):
+            raise ConfigError(f"env.answer_from={config.env.answer_from!r}: must be last or an actor ({', '.join(names)})")
+    if any(p.startswith("parallel") for p in parts):
+        for role in ("drafter", "combiner"):
+            if getattr(config.env, role) not in names:
+                raise ConfigError(f"env.{role}={getattr(config.env, role)!r}: not an actor; actors: {', '.join(names)}")
 
 
 def check_resume(config: Config) -> None:
