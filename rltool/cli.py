@@ -241,14 +241,34 @@ def run_launched(config: Config) -> dict[str, float]:
     return {k: v for k, v in rows[-1].items() if k.startswith("eval/")} if rows else {}
 
 
+PATH_KEYS = ("resume", "output_dir", "reward.module", "hydra.run.dir", "hydra.sweep.dir")
+
+
+def quote_path_value(arg: str) -> str:
+    """`resume=<dir of a sweep job>`: the job dirs Hydra names after their overrides hold `=` and `,`, which
+    its override grammar reads as syntax. A path-valued key whose value does not parse gets quoted."""
+    key, eq, value = arg.partition("=")
+    if not eq or not (key.lstrip("+") in PATH_KEYS or key.endswith(".path")) or value[:1] in ("'", '"'):
+        return arg
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_override(arg)
+        return arg
+    except HydraException:
+        return f"{key}='{value.replace(chr(39), chr(92) + chr(39))}'"
+
+
 def rewrite_overrides(args: list[str]) -> list[str]:
     """Actor keys are set with Hydra's add-or-override (`++`): `actors` maps names to actors, and an actor
     a preset defines holds only the keys it sets, so `actors.solver.lr=1e-5` must be able to add `lr`
     (rltool.config.to_actor then checks every key). `actors.lora.r=16` is short for
     `actors.policy.lora.r=16`, so commands written when `actors` held one model keep working.
-    `env=a+b` composes environments (rltool/envs/compose.py): the last part's YAML, env.name=a+b."""
+    `env=a+b` composes environments (rltool/envs/compose.py): the last part's YAML, env.name=a+b.
+    A path a sweep wrote (`multirun/.../0-trainer.lr=1e-4,seed=1`) is quoted for Hydra's parser."""
     out = []
-    for arg in args:
+    for arg in map(quote_path_value, args):
         if arg.startswith("env=") and "+" in arg:  # env=a+b: the last part's YAML, every part by name
             out += [f"env={arg[4:].split('+')[-1]}", f"env.name={arg[4:]}"]
             continue

@@ -15,6 +15,15 @@ POINTS = ("ckpt:actors", "ckpt:trainer_state", "ckpt:rename", "ckpt:latest", "ck
 place (latest not yet updated); latest updated (not yet pruned); one old checkpoint pruned."""
 
 
+_calls: dict[str, int] = {}
+
+
 def point(name: str) -> None:
-    if os.environ.get("RLTOOL_FAULT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    fault = os.environ.get("RLTOOL_FAULT")
+    if not fault:
+        return
+    where, _, nth = fault.partition("@")
+    if where == name:
+        _calls[name] = _calls.get(name, 0) + 1
+        if _calls[name] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)

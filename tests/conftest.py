@@ -1,5 +1,8 @@
 """Shared test setup. vLLM runs in-process in the tests that use it, like in `rltool train`."""
+import ctypes
+import gc
 import os
+import shutil
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
@@ -15,3 +18,23 @@ except ImportError:  # pragma: no cover
     HAS_CUDA = False
 
 gpu_test = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_the_modules_disk_and_memory(request, tmp_path_factory):
+    """Training runs write checkpoints of 1-3 GB each; a full suite kept them all (37 GB) until the session
+    ended, and a CI run on a shared disk failed writing one. A module's temporary dirs go once its tests have
+    passed (a failing module keeps them to look at); per-test tmp_path dirs follow tmp_path_retention_policy.
+    Modules that hold models and engines in this process hand their heap back before the next module's
+    training subprocesses start (a sweep job was once OOM-killed beside a 6 GB pytest process)."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass

@@ -4,8 +4,6 @@ In process: each trainable actor's engine serves that actor's own weights after 
 actor's engine never changes; a checkpoint restores every actor's weights and Adam state exactly.
 The CLI runs are in test_multi_actor_cli.py.
 """
-import ctypes
-import gc
 
 import pytest
 import torch
@@ -47,9 +45,7 @@ def three_actors():
     actors = build_actors(cfg, resolve_hardware(cfg.hardware), None, None, lr_lambda)
     yield cfg, actors
     close_all(actors)
-    actors.clear()  # the trainer models and Adam states too: later tests start ranks of their own
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed heap back to the OS
+    actors.clear()  # the trainer models and Adam states too (tests/conftest.py then trims the heap)
 
 
 def test_each_engine_serves_its_own_actor_and_a_frozen_one_never_changes(three_actors):

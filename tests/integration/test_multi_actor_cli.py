@@ -1,11 +1,13 @@
 """Several actors from the CLI, with the real embedded model and real vLLM (eager, tiny shapes): a
 2-actor collaborative run with a frozen third actor trains both trainable actors (weights change,
 per-actor metrics, per-actor checkpoints and final models, the frozen one never saved), a trained
-actor evaluates alone, and the parallel env (drafts + combiner) runs end to end. The in-process checks
+actor evaluates alone (`rltool eval` with pass@n), and the parallel env (drafts + combiner) runs end to end
+under GSPO with a KL term. The in-process checks
 (engines serve their own actor, checkpoints restore every actor) are in test_multi_actor.py; they are
 a separate module so its engines are closed before these runs start theirs.
 """
 import json
+import math
 
 import pytest
 import torch
@@ -68,19 +70,24 @@ def test_collab_run_trains_both_actors_on_their_own_turns(collab_run):
 
 
 def test_final_actor_evaluates_and_a_final_dir_of_actors_is_one_clear_line(collab_run, tmp_path):
-    out = rltool("eval", "env=arithmetic", "eval.size=4", "eval.max_new_tokens=8", "hardware=cpu",
+    out = rltool("eval", "env=arithmetic", "eval.size=4", "eval.max_new_tokens=8", "eval.n=2", "hardware=cpu",
                  "rollout.enforce_eager=true", f"actors.path={collab_run / 'final' / 'checker'}", f"hydra.run.dir={tmp_path}")
-    assert "eval/accuracy_flexible" in out.stdout
+    assert "eval/accuracy_flexible" in out.stdout and "eval/pass@2" in out.stdout
+    assert (tmp_path / "eval.json").exists()
     bad = rltool("eval", "env=arithmetic", f"actors.path={collab_run / 'final'}", check=False)
     assert bad.returncode == 2 and "it holds the actors checker, solver" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_parallel_env_end_to_end(tmp_path):
+def test_parallel_env_end_to_end_under_gspo_with_kl(tmp_path):
+    # GSPO (sequence-level ratio, 2 iterations: old log-probs computed once) with a reference model and k3 KL in
+    # the loss, on the drafts and the combined answer alike
     rltool("train", *SHAPES, "env=parallel_gsm8k", "reward=gsm8k", "env.drafts=2", "trainer.max_steps=1",
+           "algo=gspo", "algo.kl_coef=0.05",
            "trainer.group_size=2", "trainer.micro_batch_size=2", "rollout.max_new_tokens=12",
            "rollout.max_prompt_len=512", "eval.size=2", "trainer.save_every=0", f"hydra.run.dir={tmp_path}")
     (row,) = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "time/step" in r]
     # one actor plays both roles: 2 prompts x G=2 attempts x (2 drafts + 1 answer)
     assert row["rollout/samples"] == 12 and row["update/rows"] >= 0
+    assert math.isfinite(row["loss/kl"]) and row["loss/kl"] >= 0
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "eval/accuracy_flexible" in r] == [0, 1]

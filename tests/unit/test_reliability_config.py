@@ -102,6 +102,8 @@ BAD = [  # (overrides, what the one line must say)
     (["algo=erl", "algo.erl.reflection_template='{{attempt}} {{bogus}}'"], "algo.erl.reflection_template"),
     # bad resume= paths, another profile's checkpoint, an older checkpoint of a run
     (["resume={root}/missing"], "resume={root}/missing: no such directory"),
+    # a sweep job's dir holds `=` and `,`: read as a path, not as override syntax
+    (["resume={root}/0-trainer.lr=1e-4,seed=1"], "resume={root}/0-trainer.lr=1e-4,seed=1: no such directory"),
     (["resume={root}/a_file"], "resume={root}/a_file: no such directory"),
     (["resume={root}/not_a_run"], "resume={root}/not_a_run: no checkpoints/latest found"),
     (["resume={root}/zero3_run", "hardware=cpu"], "saved by a ZeRO-3 run, resumed as one process"),
