@@ -23,6 +23,8 @@ def point(name: str) -> None:
     if not fault:
         return
     where, _, nth = fault.partition("@")
+    if nth and not (nth.isdigit() and int(nth) > 0):
+        raise ValueError(f"RLTOOL_FAULT={fault!r}: expected <point> or <point>@<n>, n a positive integer")
     if where == name:
         _calls[name] = _calls.get(name, 0) + 1
         if _calls[name] == int(nth or 1):

@@ -306,3 +306,19 @@ def _rank_rng(rank, port, results):
         os.unlink(path)
     results.put((rank, ((first[0], first[1], first[2].tolist()), (again[0], again[1], again[2].tolist()))))
     tdist.destroy_process_group()
+
+
+def test_a_fault_point_counts_its_calls_and_a_bad_count_is_named(monkeypatch):
+    from rltool import faults
+
+    monkeypatch.setattr(faults, "_calls", {})
+    monkeypatch.setenv("RLTOOL_FAULT", "ckpt:rename@3")
+    killed = []
+    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: killed.append(sig))  # the signal, not the process
+    for _ in range(4):
+        faults.point("ckpt:rename")
+        faults.point("ckpt:latest")  # other points neither fire nor count
+    assert killed == [faults.signal.SIGKILL] and faults._calls == {"ckpt:rename": 4}
+    monkeypatch.setenv("RLTOOL_FAULT", "ckpt:rename@x")
+    with pytest.raises(ValueError, match="RLTOOL_FAULT='ckpt:rename@x': expected <point> or <point>@<n>"):
+        faults.point("ckpt:rename")
