@@ -1,7 +1,7 @@
 """Samples -> padded tensors, and the micro-batches the update phase walks over."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
@@ -23,6 +23,8 @@ class Batch:
     prompt_width: int
     old_logp: Optional[Tensor] = None  # (B, T) filled before the updates when iterations > 1
     ref_logp: Optional[Tensor] = None  # (B, T) filled when a KL term is on
+    extra_loss: str = ""  # the rows' registered extra loss term ("" none)
+    extra: dict = field(default_factory=dict)  # name -> (B, ...) its inputs, zero-padded
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -30,6 +32,7 @@ class Batch:
     def _map(self, fn) -> "Batch":
         """A new Batch with fn(name, tensor) applied to every tensor field (None and ints stay)."""
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        kw["extra"] = {k: fn(k, v) for k, v in self.extra.items()}
         return Batch(**{k: fn(k, v) if isinstance(v, Tensor) else v for k, v in kw.items()})
 
     def select(self, index: Tensor | slice) -> "Batch":
@@ -54,7 +57,7 @@ class Batch:
                 return v
             return v[:, left:P + T] if name in ("input_ids", "attention_mask") else v[:, :T]
 
-        trimmed = self._map(trim)
+        trimmed = self._map(lambda name, v: v if name in self.extra else trim(name, v))
         trimmed.prompt_width = P - left
         return trimmed
 
@@ -91,9 +94,22 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
         mask[i, :len(c)] = torch.tensor(s.completion_mask, dtype=torch.float) if s.completion_mask else 1
         sample_logp[i, :len(c)] = torch.tensor(s.sample_logp[:len(c)]) * mask[i, :len(c)]
         adv[i, :len(c)] = token_advantages(s) * mask[i, :len(c)]
+    extra_losses = {s.extra_loss for s in samples}
+    if len(extra_losses) > 1:
+        raise ValueError(f"one step's samples name different extra losses: {sorted(extra_losses)}")
     return Batch(
         input_ids=input_ids, attention_mask=attention_mask, mask=mask, adv=adv,
         loss_weight=torch.tensor([s.loss_weight for s in samples]),
         sft_weight=torch.tensor([s.sft_weight for s in samples]),
         sample_logp=sample_logp, on_policy=torch.tensor([not s.relabelled for s in samples]), prompt_width=P,
+        extra_loss=extra_losses.pop(), extra={k: pad_stack([s.extra[k] for s in samples]) for k in samples[0].extra},
     )
+
+
+def pad_stack(rows: list[Tensor]) -> Tensor:
+    """Tensors of one rank and dtype, shapes differing -> (B, *max shape), zero-padded at the end of each dim."""
+    shape = [max(r.shape[d] for r in rows) for d in range(rows[0].dim())]
+    out = torch.zeros(len(rows), *shape, dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[(i, *[slice(0, n) for n in r.shape])] = r
+    return out

@@ -135,6 +135,60 @@ class PpoConfig:
 
 
 @dataclass
+class AgrlConfig:
+    """Attention-guided curriculum RL knobs (algo=agrl, issue #13); read only when algo.rollout=agrl.
+    The query budget q is rollout.max_new_tokens; the KL weight beta is algo.kl_coef."""
+
+    baseline: str = "random_order"
+    """What the chosen ordering's value log-prob is compared with: random_order (the policy on a random
+    ordering of the same pairs) | group (the mean over the article's other orderings this step, RLOO) |
+    frozen_base (the frozen base model on the same ordering)."""
+    embedding: str = "minilm"
+    """Query/key vectors: minilm (the embedded all-MiniLM-L6-v2) | hidden (the policy's own hidden states,
+    mean-pooled at `layer`, through that layer's attention q/k projections, GQA-aware)."""
+    layer: int = -1
+    """embedding=hidden: the decoder layer (0-based; -1 = the middle layer)."""
+    select_temperature: Optional[float] = None
+    """Softmax temperature over the scaled scores; null: 0.01 for minilm (its scores differ by ~0.015
+    between keys), 1.0 for hidden (~2.5 on SmolLM2-135M's middle layer)."""
+    eval_select: str = "greedy"
+    """Held-out selection: greedy | sampled (with the run's seed)."""
+    filter: str = "std"
+    """Trajectory filter: std (reward > running mean + filter_k * std) | percentile (top filter_top_percent of
+    the batch) | none."""
+    filter_k: float = 0.0
+    filter_top_percent: float = 25.0
+    warmup: int = 0
+    """Episodes seen before the filter drops any."""
+    learn_selection: bool = False
+    """Also train the selector: add -(R - b) * log p(chosen key) to the loss, through the policy's own
+    query/key vectors (needs embedding=hidden; MiniLM is frozen, so it would have no gradient)."""
+    advantage_baseline: str = "running_mean"
+    """b in -(R - b): running_mean (the filter's mean over earlier batches) | none (b = 0)."""
+
+    @property
+    def temperature(self) -> float:
+        """The selection temperature in use: select_temperature, or the embedding's default."""
+        if self.select_temperature is not None:
+            return self.select_temperature
+        return 0.01 if self.embedding == "minilm" else 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("algo.agrl.baseline", self.baseline, ["random_order", "group", "frozen_base"])
+        check_choice("algo.agrl.embedding", self.embedding, ["minilm", "hidden"])
+        check_choice("algo.agrl.eval_select", self.eval_select, ["greedy", "sampled"])
+        check_choice("algo.agrl.filter", self.filter, ["std", "percentile", "none"])
+        check_choice("algo.agrl.advantage_baseline", self.advantage_baseline, ["running_mean", "none"])
+        check(self.select_temperature is None or self.select_temperature > 0, "algo.agrl.select_temperature",
+              self.select_temperature, "must be > 0 (or null: by embedding)")
+        check(0 < self.filter_top_percent <= 100, "algo.agrl.filter_top_percent", self.filter_top_percent,
+              "must be in (0, 100]")
+        check(self.warmup >= 0, "algo.agrl.warmup", self.warmup, "must be >= 0")
+        check(not self.learn_selection or self.embedding == "hidden", "algo.agrl.learn_selection", True,
+              "needs algo.agrl.embedding=hidden (MiniLM is frozen: the pick's log-prob has no gradient to the policy)")
+
+
+@dataclass
 class AlgoConfig:
     """One RL algorithm = a choice of registered pieces; see rltool/algos/."""
 
@@ -184,6 +238,7 @@ class AlgoConfig:
     """The bound C of truncate / mask (Yao et al. 2025 use 2)."""
     erl: ErlConfig = field(default_factory=ErlConfig)
     ppo: PpoConfig = field(default_factory=PpoConfig)
+    agrl: AgrlConfig = field(default_factory=AgrlConfig)
 
     def __post_init__(self) -> None:
         check(self.clip_eps_low >= 0, "algo.clip_eps_low", self.clip_eps_low, "must be >= 0")
@@ -253,6 +308,21 @@ class EnvConfig:
     """env=a+b: relative weights of the parts in the training stream (empty: equal, interleaved)."""
     eval_only: list[str] = field(default_factory=list)
     """env=a+b: parts only evaluated, never trained on (e.g. [gsm8k])."""
+    hub_name: str = "wikimedia/wikipedia"
+    """article_curriculum, source=hub: the dataset of articles (`text`, `title`, `id` columns)."""
+    hub_subset: str = "20231101.en"
+    """article_curriculum, source=hub: the dataset's configuration ("" for none, e.g. a local folder)."""
+    pair_unit: str = "auto"
+    """article_curriculum: fact (one pair per sentence: key = all but its last word, value = the last word) |
+    tokens (key_tokens + value_tokens every stride tokens) | auto (fact for generated articles, tokens for hub)."""
+    key_tokens: int = 8
+    value_tokens: int = 4
+    stride: int = 0
+    """pair_unit=tokens: tokens between pair starts (0 = key_tokens + value_tokens)."""
+    pairs_per_episode: int = 6
+    """Pairs offered per episode (the episode's selection steps)."""
+    min_article_tokens: int = 0
+    """pair_unit=tokens: shorter articles are skipped."""
 
     def __post_init__(self) -> None:
         check_choice("env.source", self.source, ["embedded", "hub"])
@@ -274,6 +344,11 @@ class EnvConfig:
         for name in self.eval_only:
             check(name in parts, "env.eval_only", self.eval_only, f"must name parts of env.name={self.name}")
         check(len(set(self.eval_only)) < len(parts), "env.eval_only", self.eval_only, "leaves nothing to train on")
+        check_choice("env.pair_unit", self.pair_unit, ["auto", "fact", "tokens"])
+        for key in ("key_tokens", "value_tokens", "pairs_per_episode"):
+            check(getattr(self, key) >= 1, f"env.{key}", getattr(self, key), "must be >= 1")
+        for key in ("stride", "min_article_tokens"):
+            check(getattr(self, key) >= 0, f"env.{key}", getattr(self, key), "must be >= 0")
 
 
 @dataclass
@@ -648,6 +723,12 @@ class Config:
         check(t.prompts_per_step % self.hardware.num_processes == 0, "trainer.prompts_per_step", t.prompts_per_step,
               f"must be divisible by hardware.num_processes={self.hardware.num_processes}")
         check(len(self.actors) >= 1, "actors", "{}", "must name at least one actor, e.g. actors=smollm2_135m")
+        agrl_env = self.env.name == "article_curriculum"
+        check((self.algo.rollout == "agrl") == agrl_env, "env.name" if self.algo.rollout == "agrl" else "algo",
+              self.env.name if self.algo.rollout == "agrl" else self.algo.name,
+              "algo=agrl and env=article_curriculum go together (rltool train algo=agrl env=article_curriculum)")
+        check(not (self.algo.rollout == "agrl" and self.algo.agrl.embedding == "hidden" and self.hardware.zero_stage == 3),
+              "algo.agrl.embedding", "hidden", "not under ZeRO-3 (the q/k projections are sharded); use minilm")
         for name in list(self.actors):
             check(re.fullmatch(r"[A-Za-z_][\w-]*", name) is not None, "actors", name,
                   "actor names are letters, digits, _ and - (they name checkpoint directories and metrics)")

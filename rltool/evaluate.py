@@ -20,7 +20,10 @@ def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dic
 
     The answer to a problem is the policy's greedy completion, or, in an environment of several actors
     (`env.answers`), the answer its extraction rule picks from their greedy conversation. A composed
-    environment also gets each part's metrics (eval/<part>/...)."""
+    environment also gets each part's metrics (eval/<part>/...). An environment with its own measure of
+    success (`env.evaluate`, e.g. article_curriculum's value log-probs) is evaluated by it instead."""
+    if hasattr(env, "evaluate"):
+        return env.evaluate(actors, cfg)
     policy = actors[cfg.policy.name]
     # Prompts longer than rollout.max_prompt_len are left out (never cut) and counted in eval/skipped_long.
     held_out, too_long = fitting_examples(env.eval_examples()[: cfg.eval.size or None], env.messages, policy.tokenizer,

@@ -60,8 +60,7 @@ def write_model_card(final_dir: Path, run_dir: Path, cfg: Config, final_metrics:
         "sampling": f"temperature {r.temperature}, top-p {r.top_p}, max {r.max_new_tokens} new tokens",
         "LoRA": f"r={cfg.policy.lora.r}, alpha={cfg.policy.lora.alpha} (merged into these weights)"
                 if cfg.policy.lora.r else "none (full fine-tuning)",
-        "reward": ", ".join(f"{term.name} x {term.weight}" for term in cfg.reward.terms)
-                  + (f", length penalty {cfg.reward.length_penalty}" if cfg.reward.length_penalty else ""),
+        "reward": reward_description(cfg),
         "data": f"{e.name} (source {e.source}; {e.eval_size} held-out problems never trained on, split seed {e.seed})",
         "seed": cfg.seed,
     }
@@ -83,3 +82,14 @@ def write_model_card(final_dir: Path, run_dir: Path, cfg: Config, final_metrics:
     card = final_dir / "README.md"
     card.write_text("\n".join(lines))
     return card
+
+
+def reward_description(cfg: Config) -> str:
+    """The reward group's terms, or what the algorithm's rollout scores itself (its REWARD, e.g. AGRL's)."""
+    from rltool.algos.rollouts import ROLLOUTS
+
+    own = getattr(ROLLOUTS[cfg.algo.rollout], "REWARD", None)
+    if own:
+        return own
+    return ", ".join(f"{term.name} x {term.weight}" for term in cfg.reward.terms) + (
+        f", length penalty {cfg.reward.length_penalty}" if cfg.reward.length_penalty else "")

@@ -62,4 +62,9 @@ class Sample:
     relabelled: bool = False
     """The completion was sampled under another prompt (ERL's distill pairs re-use a retry): its
     `sample_logp` is not this row's behaviour policy, so no mismatch correction applies to it."""
+    extra_loss: str = ""
+    """A registered extra loss term (rltool/algos/losses.py EXTRA_LOSSES) this row adds to the update,
+    e.g. AGRL's selection log-prob; "" for none. Every sample of a step names the same one or none."""
+    extra: dict = field(default_factory=dict)
+    """name -> tensor: the row's inputs to `extra_loss`, padded per name to a common shape by `collate`."""
     info: dict = field(default_factory=dict)

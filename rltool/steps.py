@@ -12,7 +12,7 @@ from rltool.actors.logprobs import completion_logp
 from rltool.algos.advantages import ADVANTAGES
 from rltool.algos.group_stats import group_outcomes
 from rltool.algos.kl import KL_ESTIMATORS, kl_importance_ratio
-from rltool.algos.losses import POLICY_LOSSES, LossParams, StepCounts, agg_loss, masked_mean, sft_loss
+from rltool.algos.losses import EXTRA_LOSSES, POLICY_LOSSES, LossParams, StepCounts, agg_loss, masked_mean, sft_loss
 from rltool.algos.mismatch import mismatch_weights
 from rltool.batch import Batch, token_advantages
 from rltool.config import Config
@@ -78,6 +78,7 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     Normalisers (sequence and token counts) are totals over the step, so the summed micro-batch
     losses equal the configured aggregation of the full batch (agg_loss's contract). The loss is
         agg(policy * TIS * loss_weight) + kl_coef * agg(KL [* pi/pi_old]) + agg(sft_weight * NLL at T=1)
+        [+ the rows' extra term, `Sample.extra_loss`]
     TIS (mismatch correction) reweights the policy term only: KL and SFT are not sampled estimates
     of the policy gradient, and relabelled rows (ERL distill) have no behaviour policy to correct for.
     """
@@ -125,6 +126,10 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
             kl = agg_loss(kl_tok, mb.rl_mask, a.agg, rl_counts)
             loss = loss + a.kl_coef * kl
             m["loss/kl"] = kl.detach()
+        if mb.extra_loss:  # a term the rollout attached to its rows (AGRL's selection log-prob)
+            extra, extra_m = EXTRA_LOSSES[mb.extra_loss](model, mb, cfg, rl_counts)
+            loss = loss + extra
+            m |= extra_m
         if out.logp_t1 is not None:  # internalization trains pi itself: temperature 1, not the sampler's
             sft = agg_loss(sft_loss(out.logp_t1) * mb.sft_weight[:, None], mb.sft_mask, a.agg, sft_counts)
             loss = loss + sft

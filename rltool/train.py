@@ -148,16 +148,20 @@ def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: 
     """One trainable actor's share of a step: log-probs, advantages, update(s), weight sync. Returns its
     update and rollout metrics, names prefixed with `<actor>/` when the run has several actors."""
     cfg = actor.cfg
-    if not samples:  # it did not speak this step (e.g. a schedule that skipped it)
+    # ZeRO-3: forwards and steps are collective, so a rank with nothing to train on this step (a filter
+    # kept none of its episodes, a schedule skipped the actor here) still joins, with one row of weight 0
+    anyone = dist.max_over_ranks(len(samples)) if parallel.is_deepspeed(actor.model) else len(samples)
+    if not anyone:  # it did not speak this step on any rank
         actor.scheduler.step()
         return {}
+    rows = samples or [idle_row(actor)]
     with timer("logprobs"):
-        batch = compute_logprobs(actor.model, actor.ref_model, collate(samples, actor.tokenizer.pad_token_id), cfg)
+        batch = compute_logprobs(actor.model, actor.ref_model, collate(rows, actor.tokenizer.pad_token_id), cfg)
     with timer("advantage"):
-        compute_advantages(samples, batch, cfg)
+        compute_advantages(rows, batch, cfg)
     metrics = {}
     with timer("update"):
-        for part in split_updates(samples, batch):
+        for part in split_updates(rows, batch):
             for _ in range(cfg.algo.iterations):
                 metrics |= optimize(actor.model, actor.optimizer, part, cfg)
         actor.scheduler.step()  # once per training step: lr_lambda counts steps, not update passes
@@ -167,6 +171,13 @@ def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: 
     if prefix:  # the actor's own view of the step; the unprefixed rollout metrics are over every actor
         metrics |= rollout_metrics(samples) | {"perf/lr": actor.scheduler.get_last_lr()[0]}
     return {prefix + k: v for k, v in metrics.items()}
+
+
+def idle_row(actor: Actor) -> Sample:
+    """A one-token row that trains nothing (loss weight 0, unscored, not a first attempt)."""
+    pad = actor.tokenizer.pad_token_id or 0
+    return Sample(prompt_ids=[pad], completion_ids=[pad], sample_logp=[0.0], group=-1 - dist.rank(), reward=None,
+                  loss_weight=0.0, first_attempt=False, actor=actor.name)
 
 
 class Engines:

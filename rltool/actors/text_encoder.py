@@ -8,6 +8,7 @@ it never competes with the policy or vLLM for GPU memory; a few prompts per step
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -29,6 +30,21 @@ def minilm_dir() -> Path:
     return path
 
 
+@contextmanager
+def whole_on_every_rank():
+    """Load a small frozen helper model unpartitioned under ZeRO-3. transformers partitions every
+    from_pretrained while an HfDeepSpeedConfig is registered (accelerate registers one), which would
+    leave this encoder's weights as empty shards that its own forward never gathers."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref  # no public getter for the object itself
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
 class MiniLMEncoder:
     """`encoder(texts) -> (N, 384)` unit-norm embeddings; cosine similarity is a dot product."""
 
@@ -37,7 +53,8 @@ class MiniLMEncoder:
 
         path = minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        with whole_on_every_rank():
+            self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         self.max_length = max_length
 
     @torch.no_grad()

@@ -23,6 +23,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from rltool.agrl.kv import KVPair
+
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
 SYLLABLES = [c + v for c in CONSONANTS for v in VOWELS]  # 70
@@ -142,3 +144,17 @@ def pair_is_root(facts: Iterable[int], article: Article) -> bool:
     "first pick is a root fact"). A pair straddling a root and a derived fact is not root."""
     facts = list(facts)
     return bool(facts) and all(article.facts[f].root for f in facts)
+
+
+def fact_pairs(article: Article, encode: Callable[[str], Sequence[int]]) -> list[KVPair]:
+    """One (key, value) pair per fact: the key is the fact without its last word, the value is that
+    word (" " + word, encoded apart). For generated articles the last word is the fact's answer (a
+    name), so the reward asks exactly "who?" and a key never gives its own value away. Labels are
+    the fact's index; `start` is the fact's index too (pairs keep article order)."""
+    pairs = []
+    for i, fact in enumerate(article.facts):
+        key, _, last = fact.text.rpartition(" ")
+        if not key:
+            raise ValueError(f"fact {i} of {article.id} has one word; a pair needs a key and a value: {fact.text!r}")
+        pairs.append(KVPair(tuple(encode(key)), tuple(encode(" " + last)), i, (i,)))
+    return pairs

@@ -9,6 +9,7 @@ the count before it.
   mode "std":        keep reward > mean + k * std        (strictly greater)
   mode "percentile": keep the ceil(top_percent/100 * E) highest rewards of this batch (at least
                      one; ties go to the earlier episode), history unused apart from warmup.
+  mode "none":       keep every episode (the running statistics are still kept: a baseline).
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def keep_top_percent(rewards: Tensor, top_percent: float) -> Tensor:
 @dataclass
 class TrajectoryFilter:
     mode: str = "std"
-    """"std" (running mean + k * std) or "percentile" (top of the current batch)."""
+    """"std" (running mean + k * std), "percentile" (top of the current batch) or "none"."""
     k: float = 1.0
     """Standard deviations above the running mean, mode "std"."""
     top_percent: float = 25.0
@@ -68,14 +69,14 @@ class TrajectoryFilter:
     stats: RunningStats = field(default_factory=RunningStats)
 
     def __post_init__(self):
-        if self.mode not in ("std", "percentile"):
-            raise ValueError(f"filter mode '{self.mode}'; valid: percentile, std")
+        if self.mode not in ("std", "percentile", "none"):
+            raise ValueError(f"filter mode '{self.mode}'; valid: none, percentile, std")
         if not 0 < self.top_percent <= 100:
             raise ValueError(f"top_percent={self.top_percent}; must be in (0, 100]")
 
     def step(self, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """rewards (E,) -> keep (E,) bool and metrics; judged by past batches, then recorded."""
-        if self.stats.count < self.warmup:
+        if self.stats.count < self.warmup or self.mode == "none":
             keep = torch.ones_like(rewards, dtype=torch.bool)
         elif self.mode == "std":
             keep = keep_above(rewards, self.stats.mean, self.stats.std, self.k)

@@ -79,10 +79,16 @@ def episode_pairs(
     """
     if len(ids) < p.required_tokens:
         return None
-    pairs = cut_pairs(ids, p, labels)
+    return choose_pairs(cut_pairs(ids, p, labels), p.pairs_per_episode, rng)
+
+
+def choose_pairs(pairs: Sequence[KVPair], n: int, rng: random.Random | None = None) -> list[KVPair] | None:
+    """n of `pairs` in article order: the first n (rng None) or n drawn without replacement; None if fewer."""
+    if len(pairs) < n:
+        return None
     if rng is None:
-        return pairs[: p.pairs_per_episode]
-    return [pairs[i] for i in sorted(rng.sample(range(len(pairs)), p.pairs_per_episode))]
+        return list(pairs[:n])
+    return [pairs[i] for i in sorted(rng.sample(range(len(pairs)), n))]
 
 
 def build_episodes(

@@ -85,9 +85,13 @@ def project_key(
     Limits: no RoPE (a pooled vector has no position), and `attention_scores` divides by
     sqrt(H * hd), not attention's sqrt(hd) per head: a constant factor the temperature absorbs.
     """
+    return repeat_kv_heads(torch.nn.functional.linear(hidden, k_weight, k_bias), num_heads, num_kv_heads)
+
+
+def repeat_kv_heads(k: Tensor, num_heads: int, num_kv_heads: int) -> Tensor:
+    """k (..., Hkv * hd) a k_proj output -> (..., H * hd): each kv head repeated for its query heads."""
     if num_heads % num_kv_heads:
         raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
-    k = torch.nn.functional.linear(hidden, k_weight, k_bias)  # (..., Hkv * hd)
     k = k.unflatten(-1, (num_kv_heads, -1))  # (..., Hkv, hd)
     k = k.repeat_interleave(num_heads // num_kv_heads, dim=-2)  # (..., H, hd)
     return k.flatten(-2)  # (..., H * hd)

@@ -172,4 +172,4 @@ def _mean(xs: list[float | None]) -> float:
 
 
 # Imported last: rollouts of other algorithms register themselves with register_rollout above.
-from rltool.algos import erl  # noqa: E402,F401
+from rltool.algos import agrl, erl  # noqa: E402,F401

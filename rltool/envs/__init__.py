@@ -35,6 +35,6 @@ def make_env(cfg: EnvConfig) -> Env:
 
 
 # Imported last: these modules use register_env, defined above.
-from rltool.envs import arithmetic, collab, gsm8k, parallel  # noqa: E402,F401
+from rltool.envs import arithmetic, article_curriculum, collab, gsm8k, parallel  # noqa: E402,F401
 
 __all__ = ["ENVS", "Env", "Example", "make_env", "register_env", "validate_env_config"]

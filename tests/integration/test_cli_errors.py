@@ -13,7 +13,7 @@ CASES = [
     (["actors.path=outputs/missing/final"], "actors.policy.path='outputs/missing/final': no such directory"),
     (["algo.advantage=foo"], "algo.advantage='foo': unknown; valid: dr_grpo, grpo, reinforce_pp, rloo"),
     (["algo.kl_estimator=k9"], "algo.kl_estimator='k9': must be one of k1, k2, k3"),
-    (["env.name=nope"], "env.name='nope': unknown environment 'nope'; valid: arithmetic, collab, "),
+    (["env.name=nope"], "env.name='nope': unknown environment 'nope'; valid: arithmetic, article_curriculum, collab, "),
     (["env=collab_arithmetic", "env.answer_from=bob"], "env.answer_from='bob': must be last or an actor (solver, checker)"),
     (["env=parallel_gsm8k", "env.drafter=x"], "env.drafter='x': not an actor; actors: policy"),
     (["env=collab_arithmetic", "actors.solver.trainable=false", "actors.checker.trainable=false"],
@@ -84,7 +84,7 @@ def test_composition_errors_name_the_key(overrides, message):
 def test_unknown_group_option_lists_valid_options():
     proc = rltool("train", "algo=nope", check=False, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "algo=nope: unknown algo option; valid: dapo, dr_grpo, erl, grpo, gspo" in proc.stderr
+    assert "algo=nope: unknown algo option; valid: agrl, dapo, dr_grpo, erl, grpo, gspo" in proc.stderr
     assert "base_algo" not in proc.stderr  # the schema's name is not a choice
 
 

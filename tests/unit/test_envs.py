@@ -126,6 +126,6 @@ def test_mixing_weights_and_eval_only_parts():
 def test_make_env_composes_by_name_and_rejects_unknown():
     env = make_env(EnvConfig(name="arithmetic+gsm8k", eval_size=5, train_size=5))
     assert env.name == "arithmetic+gsm8k" and len(env.eval_examples()) == 10
-    with pytest.raises(ConfigError, match="env.name='gsm9k'.*valid: arithmetic, collab, .*gsm8k"):
+    with pytest.raises(ConfigError, match="env.name='gsm9k'.*valid: arithmetic, article_curriculum, collab, .*gsm8k"):
         make_env(EnvConfig(name="gsm9k"))
     assert {"arithmetic", "gsm8k", "collab_arithmetic", "collab_gsm8k", "parallel_gsm8k"} <= set(ENVS.names())

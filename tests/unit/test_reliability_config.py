@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
 
 BAD = [  # (overrides, what the one line must say)
     # unknown group options: the valid ones, never the schema's base_<group>
-    (["algo=nope"], "algo=nope: unknown algo option; valid: dapo, dr_grpo, erl, grpo"),
+    (["algo=nope"], "algo=nope: unknown algo option; valid: agrl, dapo, dr_grpo, erl, grpo"),
     (["env=nope"], "env=nope: unknown env option; valid:"),
     (["reward=nope"], "reward=nope: unknown reward option; valid:"),
     (["hardware=nope"], "hardware=nope: unknown hardware option; valid:"),
@@ -97,6 +97,13 @@ BAD = [  # (overrides, what the one line must say)
     (["hardware.num_processes=2"], "hardware.num_processes=2: more than one process trains with DeepSpeed ZeRO-3"),
     (["hardware=cpu_zero3", "rollout.engine=hf"], "rollout.engine=hf: HF generate does not run on ZeRO-3"),
     (["hardware=cpu_zero3", "trainer.prompts_per_step=3"], "must be divisible by hardware.num_processes=2"),
+    # AGRL: its algorithm and environment go together; hidden-state vectors need unsharded projections
+    (["algo=agrl"], "env.name='gsm8k': algo=agrl and env=article_curriculum go together"),
+    (["env=article_curriculum"], "algo='grpo': algo=agrl and env=article_curriculum go together"),
+    (["algo=agrl", "env=article_curriculum", "algo.agrl.embedding=hidden", "hardware=cpu_zero3"],
+     "algo.agrl.embedding='hidden': not under ZeRO-3"),
+    (["algo=agrl", "env=article_curriculum", "algo.agrl.baseline=base"], "algo.agrl.baseline='base': must be one of"),
+    (["algo=agrl", "env=article_curriculum", "env.pair_unit=words"], "env.pair_unit='words': must be one of auto"),
     # templates with unknown placeholders
     (["algo=erl", "algo.erl.retry_template='{{prompt}} {{nope}}'"], "algo.erl.retry_template"),
     (["algo=erl", "algo.erl.reflection_template='{{attempt}} {{bogus}}'"], "algo.erl.reflection_template"),
