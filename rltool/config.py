@@ -107,6 +107,9 @@ class PpoConfig:
     """Minibatches per pass; must divide num_steps x trainer.num_envs."""
     norm_adv: bool = True
     """Normalise advantages within each minibatch."""
+    norm_reward: bool = False
+    """Divide rewards by the running std of the discounted return (rltool/algos/reward_scale.py): values and
+    advantages near 1 whatever the reward's units (CliffWalking's -100s). Logged returns stay unscaled."""
     value_loss: str = "clipped"
     """Registered value loss (rltool/algos/value_losses.py): clipped (against the old values) | mse."""
     value_clip: float = 0.2
@@ -408,6 +411,10 @@ class HeadsConfig:
     """fixed: one logit per environment action | text: each action string is encoded and scored against the state."""
     action_dim: int = 128
     """actions=text: dimension of the space where state and action vectors meet (a bilinear score)."""
+    feature_norm: str = "running"
+    """running | none: standardise the pooled state features per dimension with running statistics over
+    visited states (updated after each rollout's update), so the heads see what differs between states
+    (rltool/actors/feature_norm.py); none feeds the pooled vectors as they are."""
 
     def __post_init__(self) -> None:
         check(self.pool_heads >= 1, "actors.heads.pool_heads", self.pool_heads, "must be >= 1")
@@ -415,6 +422,7 @@ class HeadsConfig:
               "must list one or more sizes >= 1")
         check_choice("actors.heads.actions", self.actions, ["fixed", "text"])
         check(self.action_dim >= 1, "actors.heads.action_dim", self.action_dim, "must be >= 1")
+        check_choice("actors.heads.feature_norm", self.feature_norm, ["running", "none"])
 
 
 @dataclass

@@ -25,8 +25,9 @@ from rltool.actors.encoder_agent import EncoderAgent
 from rltool.actors.token_encoder import TokenEncoder
 from rltool.algos.gae import STEP_ADVANTAGES
 from rltool.algos.losses import POLICY_LOSSES, LossParams
+from rltool.algos.reward_scale import ReturnScaler
 from rltool.algos.value_losses import VALUE_LOSSES, ValueLossParams
-from rltool.config import Config, PpoConfig
+from rltool.config import Config, ConfigError, PpoConfig
 from rltool.envs.text_gym import make_vector_env
 from rltool.metrics import MetricsLog
 from rltool.plot import plot_run
@@ -70,6 +71,11 @@ def train(cfg: Config) -> dict[str, float]:
         resume_from = ckpt.resolve_checkpoint(cfg.resume)
         run_dir = resume_from.parent.parent  # keep writing into the run being continued
         warn_config_drift(cfg, resume_from)
+        saved = torch.load(resume_from / "agent.pt", map_location=device, weights_only=True)
+        saved_norm = "running" if "feature_norm.mean" in saved else "none"
+        if saved_norm != cfg.policy.heads.feature_norm:  # before the encoder loads: the heads expect other inputs
+            raise ConfigError(f"resume={cfg.resume}: the checkpoint was trained with actors.heads.feature_norm="
+                              f"{saved_norm}; resume with actors.heads.feature_norm={saved_norm}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     print(f"ppo: {num_iterations} rollouts of {p.num_steps} steps x {t.num_envs} envs = {batch_size} transitions, "
@@ -91,10 +97,11 @@ def train(cfg: Config) -> dict[str, float]:
     advantage = STEP_ADVANTAGES[cfg.algo.advantage]
     loss_params = LossParams(eps_low=cfg.algo.clip_eps_low, eps_high=cfg.algo.clip_eps_high)
 
+    scaler = ReturnScaler(t.num_envs, p.gamma) if p.norm_reward else None
     start, global_step = 0, 0
     ep_return, ep_len = np.zeros(t.num_envs), np.zeros(t.num_envs, dtype=int)  # running episodes
     if resume_from:
-        agent.load_state_dict(torch.load(resume_from / "agent.pt", map_location=device, weights_only=True))
+        agent.load_state_dict(saved)
         ckpt.load_optimizer(resume_from, optimizer)
         state = ckpt.load_trainer_state(resume_from, pickled=True)  # gymnasium env states
         for env, env_state in zip(envs.envs, state["envs"]):
@@ -102,6 +109,8 @@ def train(cfg: Config) -> dict[str, float]:
         next_obs, info = state["next_obs"], state["next_info"]
         ep_return, ep_len = state["ep_return"], state["ep_len"]
         start, global_step = state["iteration"], state["global_step"]
+        if scaler and "reward_scale" in state:  # else norm_reward was off in the run resumed: start counting
+            scaler.load_state_dict(state["reward_scale"])
         ckpt.set_rng_state(state["rng"])
         print(f"resumed from {resume_from} at rollout {start} ({global_step} env steps)")
 
@@ -121,11 +130,13 @@ def train(cfg: Config) -> dict[str, float]:
                 for g, lr in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = lr * (1.0 - iteration / num_iterations)
 
-            roll, next_obs, info, episodes = rollout(envs, agent, next_obs, info, ep_return, ep_len, p.num_steps)
+            roll, next_obs, info, episodes = rollout(envs, agent, next_obs, info, ep_return, ep_len, p.num_steps,
+                                                     scaler)
             global_step += batch_size
             adv, returns = advantage(roll.rewards, roll.values, roll.next_values, roll.terminated, roll.truncated,
                                      gamma=p.gamma, lam=p.gae_lambda)  # (T, N) each
             metrics = update(agent, optimizer, roll, adv, returns, p, policy_loss, value_loss, loss_params)
+            agent.update_feature_norm([s for row in roll.states for s in row])  # the next rollout's statistics
 
             metrics |= episode_metrics(episodes, "rollout")
             metrics["encoder/cache_hit_rate"] = encoder.cache.hit_rate()
@@ -141,7 +152,8 @@ def train(cfg: Config) -> dict[str, float]:
                                 "encoder/cache_hit_rate", "perf/env_steps_per_s") if k in metrics), flush=True)
 
             if (t.save_every and (iteration + 1) % t.save_every == 0) or iteration + 1 == num_iterations:
-                save(run_dir, iteration + 1, global_step, agent, optimizer, envs, next_obs, info, ep_return, ep_len, cfg)
+                save(run_dir, iteration + 1, global_step, agent, optimizer, envs, next_obs, info, ep_return, ep_len, cfg,
+                     scaler)
 
         final_metrics = run_eval(agent, cfg, global_step, log)
     envs.close()
@@ -161,9 +173,11 @@ def candidates(info: dict, n: int) -> tuple[list[tuple[str, ...]], np.ndarray]:
 
 
 @torch.no_grad()
-def rollout(envs, agent: EncoderAgent, obs, info, ep_return: np.ndarray, ep_len: np.ndarray, num_steps: int):
+def rollout(envs, agent: EncoderAgent, obs, info, ep_return: np.ndarray, ep_len: np.ndarray, num_steps: int,
+            scaler: ReturnScaler | None = None):
     """Steps every environment num_steps times with sampled actions. Returns the Rollout, the next
-    observations and info to continue from, and the episodes that ended ({return, length, success} lists)."""
+    observations and info to continue from, and the episodes that ended ({return, length, success} lists).
+    With a scaler, the Rollout's rewards are scaled; the episodes' returns are not."""
     N, device = envs.num_envs, next(agent.parameters()).device
     states, acts_text, masks = [], [], []
     actions, logp, values, rewards, term, trunc = (torch.zeros(num_steps, N) for _ in range(6))
@@ -178,7 +192,8 @@ def rollout(envs, agent: EncoderAgent, obs, info, ep_return: np.ndarray, ep_len:
         masks.append(mask)
         actions[step], logp[step], values[step] = action.cpu().float(), lp.cpu(), value.cpu()
         obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-        rewards[step] = torch.as_tensor(reward, dtype=torch.float32)
+        scaled = scaler(reward, terminated | truncated) if scaler else reward
+        rewards[step] = torch.as_tensor(scaled, dtype=torch.float32)
         term[step], trunc[step] = torch.as_tensor(terminated), torch.as_tensor(truncated)
         ep_return += reward
         ep_len += 1
@@ -292,7 +307,7 @@ def run_eval(agent: EncoderAgent, cfg: Config, global_step: int, log: MetricsLog
 
 
 def save(run_dir: Path, iteration: int, global_step: int, agent, optimizer, envs, next_obs, info, ep_return, ep_len,
-         cfg: Config) -> Path:
+         cfg: Config, scaler: ReturnScaler | None = None) -> Path:
     """checkpoints/step_N/ (N = rollouts done): agent.pt (heads and fine-tuned layers; the frozen encoder is
     actors.path), optimizer.pt, trainer_state.pt (environment states, RNGs, counters), config.yaml.
     Written into a temporary directory and renamed into place, as rltool/ckpt.py does for LM runs."""
@@ -306,6 +321,8 @@ def save(run_dir: Path, iteration: int, global_step: int, agent, optimizer, envs
     state = {"iteration": iteration, "global_step": global_step, "rng": ckpt.rng_state(),
              "envs": envs.call("get_state"), "next_obs": list(next_obs), "next_info": dict(info),
              "ep_return": ep_return.copy(), "ep_len": ep_len.copy()}
+    if scaler:
+        state["reward_scale"] = scaler.state_dict()
     torch.save(state, tmp / "trainer_state.pt")
     (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     final = root / name
@@ -322,7 +339,7 @@ def warn_config_drift(cfg: Config, ckpt_dir: Path) -> None:
     """The checkpoint holds the agent; a differing seed, environment or architecture is worth a warning."""
     saved, now = OmegaConf.load(ckpt_dir / "config.yaml"), OmegaConf.structured(cfg)
     for key in ("seed", "env.name", "actors.path", "actors.heads", "actors.encoder.trainable_layers",
-                "trainer.num_envs", "algo.ppo.num_steps"):
+                "trainer.num_envs", "algo.ppo.num_steps", "algo.ppo.norm_reward"):
         old, new = OmegaConf.select(saved, key), OmegaConf.select(now, key)
         if old != new:
             print(f"warning: resume: {key}={new!r} differs from the checkpoint's {old!r}")

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
+from rltool.actors.feature_norm import RunningFeatureNorm
 from rltool.actors.token_encoder import TokenEncoder
 from rltool.config import HeadsConfig
 
@@ -61,6 +62,7 @@ class EncoderAgent(nn.Module):
         self.encoder, self.text_actions = encoder, heads.actions == "text"
         self.pool = AttentionPool(encoder.dim, heads.pool_heads)
         sizes = [encoder.dim * heads.pool_heads, *heads.hidden]
+        self.feature_norm = RunningFeatureNorm(sizes[0]) if heads.feature_norm == "running" else nn.Identity()
         self.trunk = mlp(sizes) if heads.shared_trunk else nn.Identity()
         self.actor_body = nn.Identity() if heads.shared_trunk else mlp(sizes)
         self.critic_body = nn.Identity() if heads.shared_trunk else mlp(sizes)
@@ -81,7 +83,14 @@ class EncoderAgent(nn.Module):
         return pooled[torch.tensor([index[t] for t in texts], device=pooled.device)]  # (B, D)
 
     def features(self, states: list[str]) -> Tensor:
-        return self.trunk(self.embed(states, self.pool))  # (B, D) or (B, hidden[-1]) with a shared trunk
+        x = self.feature_norm(self.embed(states, self.pool))  # (B, D)
+        return self.trunk(x)  # (B, D) or (B, hidden[-1]) with a shared trunk
+
+    @torch.no_grad()
+    def update_feature_norm(self, states: list[str]) -> None:
+        """actors.heads.feature_norm=running: fold these visited states' pooled features into the statistics."""
+        if isinstance(self.feature_norm, RunningFeatureNorm):
+            self.feature_norm.update(self.embed(states, self.pool))
 
     def get_value(self, states: list[str]) -> Tensor:
         return self.critic(self.critic_body(self.features(states))).squeeze(-1)  # (B,): never (B, 1)

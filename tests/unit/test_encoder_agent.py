@@ -145,3 +145,39 @@ def test_gae_is_the_registered_piece_the_loop_uses():
     import rltool.ppo_train as loop
 
     assert loop.STEP_ADVANTAGES["gae"] is gae
+
+
+def test_running_feature_norm_hand_computed():
+    from rltool.actors.feature_norm import RunningFeatureNorm
+
+    norm = RunningFeatureNorm(dim=2, momentum=0.5, clip=10.0)
+    x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 13.0]])
+    assert torch.equal(norm(x), x)  # identity before the first update
+    norm.update(x)  # mean [3, 11], population var [8/3, 2]
+    assert_close(norm.mean, torch.tensor([3.0, 11.0]))
+    assert_close(norm.var, torch.tensor([8 / 3, 2.0]))
+    assert_close(norm(x), torch.tensor([[-2 / math.sqrt(8 / 3), -1 / math.sqrt(2)], [0.0, -1 / math.sqrt(2)],
+                                        [2 / math.sqrt(8 / 3), 2 / math.sqrt(2)]]), atol=1e-6, rtol=0)
+    norm.update(torch.tensor([[7.0, 11.0], [7.0, 11.0]]))  # batch mean [7, 11], var [0, 0]; momentum 0.5
+    assert_close(norm.mean, torch.tensor([5.0, 11.0]))
+    assert_close(norm.var, torch.tensor([4 / 3, 1.0]))
+    assert norm(torch.tensor([[1e6, 11.0]]))[0, 0] == 10.0  # clipped
+
+
+def test_feature_norm_separates_states_that_share_most_words(encoder):
+    # FrozenLake-like descriptions: pooled vectors nearly parallel; standardised, they are not
+    torch.manual_seed(0)
+    states = [f"You are on a frozen lake, at row {r}, column {c}. The goal is at row 4, column 4."
+              for r in range(1, 5) for c in range(1, 5)]
+    agent = EncoderAgent(encoder, HeadsConfig(), num_actions=4)  # feature_norm=running by default
+
+    def mean_cosine():
+        with torch.no_grad():
+            x = torch.nn.functional.normalize(agent.feature_norm(agent.embed(states, agent.pool)), dim=-1)
+        return float((x @ x.T)[~torch.eye(16, dtype=torch.bool)].mean())
+
+    before = mean_cosine()
+    agent.update_feature_norm(states)
+    assert before > 0.9 and mean_cosine() < 0.1  # centred: what remains is what differs
+    assert "feature_norm.mean" in agent.state_dict()  # checkpointed with the heads
+    assert "feature_norm.mean" not in EncoderAgent(encoder, HeadsConfig(feature_norm="none"), 4).state_dict()
