@@ -12,31 +12,27 @@ resumed run scales the same rewards the same way.
 from __future__ import annotations
 
 import numpy as np
+from gymnasium.wrappers.utils import RunningMeanStd
 
 
 class ReturnScaler:
     def __init__(self, num_envs: int, gamma: float, eps: float = 1e-8, clip: float = 10.0):
         self.gamma, self.eps, self.clip = gamma, eps, clip
         self.ret = np.zeros(num_envs)  # discounted return of each environment's running episode
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4  # moments of self.ret over all steps seen
+        self.moments = RunningMeanStd()  # of self.ret over all steps seen (gymnasium's, as its NormalizeReward)
 
     def __call__(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
         """reward, done (N,) of one vector step -> scaled reward (N,). done resets the return after this step."""
         self.ret = self.ret * self.gamma + reward
-        self._update(self.ret)
-        scaled = np.clip(reward / np.sqrt(self.var + self.eps), -self.clip, self.clip)
+        self.moments.update(self.ret)
+        scaled = np.clip(reward / np.sqrt(self.moments.var + self.eps), -self.clip, self.clip)
         self.ret[done] = 0.0
         return scaled
 
-    def _update(self, x: np.ndarray) -> None:
-        """Chan et al.'s parallel update of (mean, var, count) with the batch x."""
-        b_mean, b_var, b_count = float(x.mean()), float(x.var()), x.size
-        delta, total = b_mean - self.mean, self.count + b_count
-        m2 = self.var * self.count + b_var * b_count + delta ** 2 * self.count * b_count / total
-        self.mean, self.var, self.count = self.mean + delta * b_count / total, m2 / total, total
-
     def state_dict(self) -> dict:
-        return {"ret": self.ret.copy(), "mean": self.mean, "var": self.var, "count": self.count}
+        m = self.moments
+        return {"ret": self.ret.copy(), "mean": float(m.mean), "var": float(m.var), "count": float(m.count)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.ret, self.mean, self.var, self.count = state["ret"].copy(), state["mean"], state["var"], state["count"]
+        self.ret = state["ret"].copy()
+        self.moments.mean, self.moments.var, self.moments.count = state["mean"], state["var"], state["count"]
