@@ -619,6 +619,11 @@ class RolloutConfig:
     """Every generation (rollouts and eval) runs to its max_new_tokens, EOS ignored: equal work per step for
     benchmarks (scripts/bench_vs_trl.py), not for training."""
 
+    multi_lora: bool = False
+    """Trainable LoRA actors on the same base model share one vLLM engine that serves each actor's adapter
+    (vLLM multi-LoRA: the base weights and KV cache held once) instead of one merged-weights engine each.
+    On CPU LoRA decoding is slower than merged weights (README); on a GPU it saves an engine per actor."""
+
     def __post_init__(self) -> None:
         check_choice("rollout.engine", self.engine, ["vllm", "hf"])
         check(self.temperature > 0, "rollout.temperature", self.temperature, "must be > 0")
@@ -751,6 +756,19 @@ class Config:
             check(actor.lora.r > 0 or not actor.qlora, f"actors.{name}.lora.r", actor.lora.r,
                   "must be > 0 with qlora=true (QLoRA trains a LoRA adapter), e.g. lora.r=16")
             self.actor_algo(name)  # its algo overrides name real keys and pass the algo checks
+        if self.rollout.multi_lora:
+            self.check_multi_lora()
+
+    def check_multi_lora(self) -> None:
+        lora = [a for a in self.actors.values() if a.trainable and a.lora.r > 0]
+        check(self.rollout.engine == "vllm", "rollout.multi_lora", True, "needs rollout.engine=vllm")
+        check(bool(lora), "rollout.multi_lora", True,
+              "needs trainable LoRA actors (actors.<name>.lora.r > 0); none of " + ", ".join(self.actors) + " is one")
+        for a in lora:
+            check(not a.qlora, f"actors.{a.name}.qlora", True, "not with rollout.multi_lora (the engine serves "
+                  "full-precision base weights, a QLoRA actor trains on 4-bit ones)")
+            check(a.lora.r <= 512, f"actors.{a.name}.lora.r", a.lora.r, "must be <= 512 with rollout.multi_lora (vLLM's "
+                  "largest adapter rank)")
 
     def actor_algo(self, name: str) -> "AlgoConfig":
         """The algorithm settings of actor `name`: algo with that actor's overrides."""

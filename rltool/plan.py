@@ -97,6 +97,11 @@ def memory_plan(cfg: Config, hw, shapes: "dict[str, Shape] | Shape", device_byte
     """
     shapes = shapes if isinstance(shapes, dict) else {cfg.policy.name: shapes}
     per_actor = [actor_memory(cfg, hw, cfg.actors[name], shape, device_bytes) for name, shape in shapes.items()]
+    served = set()
+    for name, part in zip(shapes, per_actor):  # an engine several actors share is counted once
+        key = engine_key(cfg, cfg.actors[name])
+        part["engine"] *= key not in served
+        served.add(key)
     parts = {k: (max if k in ("activations", "logits") else sum)(p[k] for p in per_actor) for k in per_actor[0]}
     gib = {k: v / GIB for k, v in parts.items()}
     fixed = sum(v for k, v in gib.items() if k not in ("activations", "logits"))
@@ -119,6 +124,16 @@ def memory_plan(cfg: Config, hw, shapes: "dict[str, Shape] | Shape", device_byte
         line += ("\n  warning: worst-case activations may not fit; lower trainer.micro_batch_size or "
                  "rollout.max_new_tokens, or set actors.gradient_checkpointing=true")
     return line, gib
+
+
+def engine_key(cfg: Config, actor) -> tuple[str, str]:
+    """Actors with equal keys share one rollout engine (rltool/actors/actor.py): frozen actors on one model,
+    and with `rollout.multi_lora` trainable LoRA actors on one base model."""
+    if not actor.trainable:
+        return "frozen", actor.path
+    if cfg.rollout.multi_lora and actor.lora.r > 0:
+        return "multi_lora", actor.path
+    return "own", actor.name
 
 
 def actor_memory(cfg: Config, hw, actor, shape: Shape, device_bytes: int) -> dict[str, float]:

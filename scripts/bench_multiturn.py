@@ -77,11 +77,14 @@ class CountingEngine:
     """An engine that records the batch size (prompts x n) of every generate call."""
 
     def __init__(self, engine):
-        self.engine, self.calls = engine, []
+        self.engine, self.calls, self.seconds = engine, [], []
 
     def generate(self, prompts, sampling):
         self.calls.append(len(prompts) * sampling.n)
-        return self.engine.generate(prompts, sampling)
+        t0 = perf_counter()
+        out = self.engine.generate(prompts, sampling)
+        self.seconds.append(round(perf_counter() - t0, 3))
+        return out
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -189,6 +192,7 @@ def main() -> None:
         for e in engines:
             e.llm.reset_prefix_cache()  # what the weight sync after each training step does
             e.calls.clear()
+            e.seconds.clear()
         t0, c0 = perf_counter(), process_time()
         if mode == "multi":
             samples = env.play(multi_ctx, block, GroupIds(0))
@@ -200,7 +204,9 @@ def main() -> None:
         return {"tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
                 "cpu_s": round(cpu_s, 3), "tokens_per_cpu_s": round(tokens / cpu_s, 1), "samples": len(samples),
                 "generate_calls": {"shared": engines[0].calls[:]} if args.share_engine
-                else {name: a.engine.calls[:] for name, a in actors.items()}}
+                else {name: a.engine.calls[:] for name, a in actors.items()},
+                "generate_seconds": {"shared": engines[0].seconds[:]} if args.share_engine
+                else {name: a.engine.seconds[:] for name, a in actors.items()}}
 
     warmup = {mode: rollout(mode, blocks[0]) for mode in ("multi", "single")}
     print(f"warm-up: multi {warmup['multi']['tokens_per_s']} tok/s, single {warmup['single']['tokens_per_s']} tok/s",

@@ -58,7 +58,8 @@ class Actor:
 
 def build_actors(cfg: Config, hw, accelerator, resume_from: Optional[Path], lr_lambda) -> dict[str, Actor]:
     """Every actor of `cfg.actors`, in config order; trainable ones resume from `resume_from`."""
-    actors, engines = {}, {}
+    actors, engines, views = {}, {}, {}
+    shared_lora = lora_groups(cfg)
     for name, spec in cfg.actors.items():
         started = time.perf_counter()
         acfg = cfg.actor_config(name)
@@ -83,14 +84,42 @@ def build_actors(cfg: Config, hw, accelerator, resume_from: Optional[Path], lr_l
             if saved:
                 ckpt.load_optimizer(saved, actor.optimizer, actor.model)
                 ckpt.load_scheduler(saved, actor.scheduler)
-            actor.engine = make_engine(acfg, hw, actor.model, tokenizer, model_dir)
+            if name in shared_lora:  # one engine on the base model serves this actor's adapter
+                if name not in views:
+                    views.update(adapter_views(acfg, hw, tokenizer, base_dir, shared_lora[name]))
+                actor.engine = views[name]
+                actor.sync()  # its adapter from the first rollout on: fresh (B = 0) or the checkpoint's
+            else:
+                actor.engine = make_engine(acfg, hw, actor.model, tokenizer, model_dir)
         else:  # frozen: never updated, so actors with the same model can share one engine
             actor.engine = engines[base_dir] = engines.get(base_dir) or serving_engine(acfg, hw, tokenizer, base_dir)
         actors[name] = actor
         if dist.rank() == 0:  # its own log lines are in <run_dir>/logs/ (rltool/logs.py)
             label = "" if len(cfg.actors) == 1 else f" for {name}{'' if spec.trainable else ' (frozen)'}"
+            others = [s.name for s in shared_lora.get(name, []) if s.name != name]
+            label += f" (its adapter on one multi-LoRA engine with {', '.join(others)})" if others else ""
             print(f"engine: {cfg.rollout.engine}{label} ready in {time.perf_counter() - started:.0f} s")
     return actors
+
+
+def lora_groups(cfg: Config) -> dict[str, list[ActorConfig]]:
+    """`rollout.multi_lora`: actor name -> the trainable LoRA actors on its base model (its engine's adapters)."""
+    if not cfg.rollout.multi_lora:
+        return {}
+    by_base: dict[str, list[ActorConfig]] = {}
+    for spec in cfg.actors.values():
+        if spec.trainable and spec.lora.r > 0:
+            by_base.setdefault(spec.path, []).append(spec)
+    return {spec.name: group for group in by_base.values() for spec in group}
+
+
+def adapter_views(cfg: Config, hw, tokenizer, base_dir: str, group: list[ActorConfig]) -> dict:
+    """One multi-LoRA engine on `base_dir` and a view of it per actor of `group`."""
+    from rltool.rollout.lora_engine import engine_lora_rank, shared_adapter_views
+
+    engine = make_engine(cfg, hw, None, tokenizer, base_dir, max_loras=len(group),
+                         max_lora_rank=engine_lora_rank(max(spec.lora.r for spec in group)))
+    return shared_adapter_views(engine, [spec.name for spec in group])
 
 
 def serving_actors(cfg: Config, hw) -> dict[str, Actor]:

