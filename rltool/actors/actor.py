@@ -20,6 +20,7 @@ from rltool.actors.embedded import resolve_model_path
 from rltool.actors.load import load_model, load_policy, load_reference, load_tokenizer
 from rltool.actors.lora import AdapterDisabled
 from rltool.config import ActorConfig, Config
+from rltool.plan import engine_key
 from rltool.rollout import make_engine, sync_weights
 from rltool.rollout.engine import Sampling
 
@@ -103,14 +104,14 @@ def build_actors(cfg: Config, hw, accelerator, resume_from: Optional[Path], lr_l
 
 
 def lora_groups(cfg: Config) -> dict[str, list[ActorConfig]]:
-    """`rollout.multi_lora`: actor name -> the trainable LoRA actors on its base model (its engine's adapters)."""
-    if not cfg.rollout.multi_lora:
-        return {}
-    by_base: dict[str, list[ActorConfig]] = {}
+    """`rollout.multi_lora`: actor name -> the trainable LoRA actors on its base model (its engine's adapters).
+    Grouped by the memory plan's `engine_key`, so the plan counts exactly the engines built here."""
+    by_engine: dict[tuple[str, str], list[ActorConfig]] = {}
     for spec in cfg.actors.values():
-        if spec.trainable and spec.lora.r > 0:
-            by_base.setdefault(spec.path, []).append(spec)
-    return {spec.name: group for group in by_base.values() for spec in group}
+        key = engine_key(cfg, spec)
+        if key[0] == "multi_lora":
+            by_engine.setdefault(key, []).append(spec)
+    return {spec.name: group for group in by_engine.values() for spec in group}
 
 
 def adapter_views(cfg: Config, hw, tokenizer, base_dir: str, group: list[ActorConfig]) -> dict:

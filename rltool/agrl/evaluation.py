@@ -3,9 +3,9 @@
 On `eval.size` held-out articles (the same pairs at every eval: each article's subset is seeded by
 its id), the mean value log-prob per token, under the current policy, of three orderings:
   learned        the policy's greedy queries, selection greedy (or sampled with the run's seed)
-  random         a random permutation of the pairs (seeded by the article's id). Uniform selection
-                 over the remaining keys at every step gives exactly this distribution, so the
-                 issue's "uniform selection" reference is this one.
+  random         the mean over `eval_random_orders` random permutations of the pairs (seeded by the
+                 article's id). Uniform selection over the remaining keys at every step gives
+                 exactly this distribution, so the issue's "uniform selection" reference is this one.
   article_order  the pairs as the article states them (roots first, for generated articles)
 `learned_minus_random` is their paired difference, with its standard error over articles: the
 claim "the model learns to order its reading" needs it above 2 standard errors.
@@ -47,7 +47,10 @@ def evaluate_orderings(actors: dict, env, cfg) -> tuple[dict[str, float], list[d
                   max_prompt_len=cfg.rollout.max_prompt_len)
     scorer = OrderingScorer(tokenizer, cfg.trainer.micro_batch_size)
     learned = scorer(model, [e.ordered for e in episodes]).mean(-1)  # (E,)
-    shuffled = scorer(model, [r.sample(e.pairs, len(e.pairs)) for e, r in zip(episodes, rngs)]).mean(-1)  # (E,)
+    R = a.eval_random_orders
+    orders = [r.sample(e.pairs, len(e.pairs)) for e, r in zip(episodes, rngs) for _ in range(R)]
+    each_random = scorer(model, orders).mean(-1).view(len(episodes), R)  # (E, R)
+    shuffled = each_random.mean(-1)  # (E,)
     in_order = scorer(model, [e.pairs for e in episodes]).mean(-1)  # (E,)
     diff = learned - shuffled  # (E,)
     root = [float(env.is_root(e.example, e.ordered[0])) for e in episodes]
@@ -70,8 +73,9 @@ def evaluate_orderings(actors: dict, env, cfg) -> tuple[dict[str, float], list[d
     }
     rows = [{"id": e.example.id, "title": e.example.question, "queries": [q.text for q in e.queries],
              "read": [pair_text(tokenizer, p) for p in e.ordered], "first_pick_root": r,
-             "value_logp": {"learned": float(x), "random": float(y), "article_order": float(z)}}
-            for e, r, x, y, z in zip(episodes, root, learned, shuffled, in_order)]
+             "value_logp": {"learned": float(x), "random": float(y), "article_order": float(z),
+                            "random_each": ys.tolist()}}
+            for e, r, x, y, z, ys in zip(episodes, root, learned, shuffled, in_order, each_random)]
     return metrics, rows
 
 

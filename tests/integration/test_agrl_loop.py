@@ -45,6 +45,10 @@ def test_agrl_trains_the_query_writer_and_logs_its_episodes(agrl_run):
     episodes = [json.loads(line) for line in (agrl_run / "samples.jsonl").read_text().splitlines()]
     assert episodes and all(len(e["queries"]) == 2 and len(e["read"]) == 3 for e in episodes)
     assert all(e["id"].startswith("family-heldout-") for e in episodes)
+    for e in episodes:  # `random` is the mean over algo.agrl.eval_random_orders (4) different orderings
+        each = e["value_logp"]["random_each"]
+        assert len(each) == 4 and len(set(each)) > 1
+        assert e["value_logp"]["random"] == pytest.approx(sum(each) / 4, abs=1e-6)
     card = (agrl_run / "final" / "policy" / "README.md").read_text()
     assert "mean log-prob of the values read" in card and "gsm8k" not in card  # the reward AGRL trains on
 
