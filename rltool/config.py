@@ -152,10 +152,10 @@ class AgrlConfig:
     layer: int = -1
     """embedding=hidden: the decoder layer (0-based; -1 = the middle layer)."""
     select_temperature: Optional[float] = None
-    """Softmax temperature over the scaled scores; null: 0.005 for minilm, 1.0 for hidden (~2.5 between keys
-    on SmolLM2-135M's middle layer). MiniLM's scores differ by ~0.01 between a family article's keys; a
-    query that restates one fact scores its key ~0.02 above the others, so at 0.005 such a query picks its
-    key ~9 times in 10 of 6 (at 0.01 only ~6 in 10: the pick would barely depend on the query)."""
+    """Softmax temperature over the scaled scores; null: 0.01 for minilm (its scores differ by ~0.01 between
+    a family article's keys; a query restating one fact scores its key ~0.02 above the others, so it picks
+    that key ~6 times in 10 of 6), 1.0 for hidden (~2.5 between keys on SmolLM2-135M's middle layer).
+    A run at 0.005 (~9 in 10) learned no better order in 40 steps (README, AGRL evidence)."""
     eval_select: str = "greedy"
     """Held-out selection: greedy | sampled (with the run's seed)."""
     eval_random_orders: int = 4
@@ -179,7 +179,7 @@ class AgrlConfig:
         """The selection temperature in use: select_temperature, or the embedding's default."""
         if self.select_temperature is not None:
             return self.select_temperature
-        return 0.005 if self.embedding == "minilm" else 1.0
+        return 0.01 if self.embedding == "minilm" else 1.0
 
     def __post_init__(self) -> None:
         check_choice("algo.agrl.baseline", self.baseline, ["random_order", "group", "frozen_base"])
