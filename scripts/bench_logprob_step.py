@@ -25,6 +25,7 @@ BENCH = REPO / "scripts" / "bench_vs_trl.py"
 IMPLS = ("plain", "chunked")
 GOAL = 1.05
 WARMUP = 1  # bench_vs_trl's warm-up step
+MIN_STEPS = 5  # and its minimum of measured steps
 
 
 def run_side(impl: str, args) -> dict:
@@ -47,6 +48,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="measured steps per run, after one warm-up step")
     p.add_argument("--out", default="bench_results/logprob_step.json")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: must be >= 1")
+    if args.steps < MIN_STEPS:
+        p.error(f"--steps {args.steps}: at least {MIN_STEPS} measured steps per run (bench_vs_trl.py's minimum)")
 
     runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
     load = {"start": [round(x, 2) for x in os.getloadavg()]}

@@ -39,13 +39,18 @@ def probe_logp(actor, ids):
     return trainer, torch.tensor(actor.engine.prompt_logprobs(prompt, completion))
 
 
-@pytest.fixture(scope="module")
-def three_actors():
-    cfg = config(*ACTORS)
+def built_actors(*overrides):
+    """A fixture body: (cfg, actors) built in process, then every engine closed and the actors dropped."""
+    cfg = config(*overrides)
     actors = build_actors(cfg, resolve_hardware(cfg.hardware), None, None, lr_lambda)
     yield cfg, actors
     close_all(actors)
     actors.clear()  # the trainer models and Adam states too (tests/conftest.py then trims the heap)
+
+
+@pytest.fixture(scope="module")
+def three_actors():
+    yield from built_actors(*ACTORS)
 
 
 def test_each_engine_serves_its_own_actor_and_a_frozen_one_never_changes(three_actors):

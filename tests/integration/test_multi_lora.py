@@ -15,7 +15,7 @@ from rltool import ckpt
 from rltool.actors.actor import build_actors, close_all
 from rltool.hardware import resolve_hardware
 from rltool.train import lr_lambda
-from tests.integration.test_multi_actor import config, probe_logp
+from tests.integration.test_multi_actor import built_actors, probe_logp
 
 LORA = ["actors=two_smollm", "actors.solver.lora.r=8", "actors.checker.lora.r=4", "rollout.multi_lora=true"]
 
@@ -34,11 +34,7 @@ def move_adapter(actor, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def lora_actors():
-    cfg = config(*LORA)
-    actors = build_actors(cfg, resolve_hardware(cfg.hardware), None, None, lr_lambda)
-    yield cfg, actors
-    close_all(actors)
-    actors.clear()
+    yield from built_actors(*LORA)
 
 
 def test_one_engine_serves_each_actors_adapter(lora_actors):
