@@ -300,9 +300,12 @@ def main() -> None:
             return run_job(lambda: run(command, cfg), label, Path(hc.runtime.output_dir), cfg.sweep_metric)
         try:
             run(command, cfg)
+            if command == "validate":
+                drop_unused_run_dir(hc)
         except ConfigError as e:
             if os.environ.get("RANK", "0") == "0":  # launched ranks all find it; one says it
                 print(f"rltool: config error: {e}", file=sys.stderr)
+            drop_unused_run_dir(hc)
             sys.exit(2)
         except RunAborted as e:  # a failing reward, non-finite updates, a hung phase: saved, then stopped
             if os.environ.get("RANK", "0") == "0":
@@ -321,6 +324,14 @@ def main() -> None:
             raise
         print(f"rltool: config error: {line}", file=sys.stderr)
         sys.exit(2)
+
+
+def drop_unused_run_dir(hc) -> None:
+    """validate and a refused run leave no empty `outputs/<algo>-<env>-<time>/` (rltool/run_dir.py)."""
+    if not launch.launched():  # launched ranks write into the directory their launcher chose
+        from rltool.run_dir import remove_if_unused
+
+        remove_if_unused(hc.runtime.output_dir)
 
 
 def hydra_error_line(e: Exception, overrides: list[str]) -> str | None:

@@ -6,6 +6,7 @@ here once; the YAML files in conf/ only select and override.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -672,6 +673,10 @@ class TrainerConfig:
     the (B, T, V) logits (same values and gradients) | plain: the full logits (the reference)."""
     logprob_chunk_size: int = 256
     """Tokens whose (chunk, V) logits exist at once on the chunked path; memory vs matmul size."""
+    ref_kl_rows: int = 0
+    """Log policy/ref_kl, KL(policy || base model), on this many of each step's rows with no KL term in the
+    loss (a KL term makes every row, advantage 0 or not, run forward and backward): a reference forward
+    on those rows only. 0: off (with algo.kl_coef > 0 the KL is logged anyway, over the trained rows)."""
     max_nonfinite_steps: int = 3
     """Steps in a row whose loss or gradient norm was nan/inf (each update skipped, weights untouched) after
     which the run saves and stops with one line (0: never)."""
@@ -696,6 +701,7 @@ class TrainerConfig:
         self.logger = [n for n in dict.fromkeys(names) if n != "none"]
         check_choice("trainer.logprob_impl", self.logprob_impl, ["chunked", "plain"])
         check(self.logprob_chunk_size >= 1, "trainer.logprob_chunk_size", self.logprob_chunk_size, "must be >= 1")
+        check(self.ref_kl_rows >= 0, "trainer.ref_kl_rows", self.ref_kl_rows, "must be >= 0")
         check(self.max_nonfinite_steps >= 0, "trainer.max_nonfinite_steps", self.max_nonfinite_steps, "must be >= 0")
 
 
@@ -788,6 +794,10 @@ class Config:
         except ConfigError as e:
             raise ConfigError(f"actors.{name}.{e}") from None
 
+    def needs_reference(self, name: str) -> bool:
+        """Actor `name` keeps the base model beside it: for a KL term, or to measure the KL (trainer.ref_kl_rows)."""
+        return self.actor_algo(name).kl_coef > 0 or self.trainer.ref_kl_rows > 0
+
     def actor_config(self, name: str) -> "Config":
         """This config as actor `name` trains under it: its algo overrides and learning rate."""
         import dataclasses
@@ -802,13 +812,38 @@ class Config:
         return next((a for a in self.actors.values() if a.trainable), next(iter(self.actors.values())))
 
 
-def register_configs() -> None:
+MAX_JOB_DIRNAME = 200
+"""Bytes of a sweep job's directory name taken from its overrides (file systems refuse names past 255)."""
+
+
+def short_dirname(name: str) -> str:
+    """A sweep job's directory is named after its overrides (`0-algo=grpo,trainer.lr=1e-05,...`); a long
+    command line would pass the 255-byte limit and the job would fail with OSError. Past
+    MAX_JOB_DIRNAME bytes the name is cut and ends in `~` + 8 hex digits of the full name's SHA-1, so
+    it stays unique; the job's overrides are in its `.hydra/overrides.yaml` and the sweep's table."""
+    raw = name.encode()
+    if len(raw) <= MAX_JOB_DIRNAME:
+        return name
+    return raw[:MAX_JOB_DIRNAME].decode(errors="ignore") + "~" + hashlib.sha1(raw).hexdigest()[:8]
+
+
+def register_resolvers() -> None:
+    """At import, so any process that loads this module (a SLURM job's too) can resolve the configs."""
     # ${multiple_of:4,${hardware.num_processes}}: the smallest multiple of the rank count >= 4, so the
     # default batch divides over any hardware profile (each rank rolls out whole groups).
     if not OmegaConf.has_resolver("multiple_of"):
         OmegaConf.register_new_resolver("multiple_of", lambda at_least, m: -(-int(at_least) // int(m)) * int(m))
+    if not OmegaConf.has_resolver("short_dirname"):  # conf/config.yaml's hydra.sweep.subdir
+        OmegaConf.register_new_resolver("short_dirname", short_dirname)
+
+
+def register_configs() -> None:
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, node in (("algo", AlgoConfig), ("env", EnvConfig),
                         ("reward", RewardConfig), ("hardware", HardwareConfig)):
         cs.store(group=group, name=f"base_{group}", node=node)
+
+
+register_resolvers()

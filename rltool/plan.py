@@ -80,7 +80,7 @@ FIXED_PART_KEYS = {  # what to change when that part does not fit
     "weights": "actors.path (a smaller model) or actors.qlora=true",
     "grads": "actors.lora.r=16",
     "optimizer": "actors.lora.r=16",
-    "reference": "algo.kl_coef=0 or actors.lora.r=16 (the reference is then the adapter switched off)",
+    "reference": "algo.kl_coef=0 and trainer.ref_kl_rows=0, or actors.lora.r=16 (the reference is then the adapter switched off)",
     "engine": "hardware.vllm_kv_cache_gib (CPU) / hardware.vllm_gpu_memory_utilization (GPU)",
 }
 
@@ -155,7 +155,7 @@ def actor_memory(cfg: Config, hw, actor, shape: Shape, device_bytes: int) -> dic
         "activations": train * tokens * shape.layers * per_token_layer,
         "logits": train * logits_bytes(cfg, shape),
         # LoRA: the adapter switched off is the reference, no copy
-        "reference": train * P * b / shard if cfg.actor_algo(actor.name).kl_coef > 0 and not lora_r else 0,
+        "reference": train * P * b / shard if cfg.needs_reference(actor.name) and not lora_r else 0,
         "engine": (cfg.hardware.vllm_kv_cache_gib * GIB + P * b if hw.device == "cpu"  # KV space + vLLM's weights
                    else cfg.hardware.vllm_gpu_memory_utilization * device_bytes) if cfg.rollout.engine == "vllm" else 0,
     }

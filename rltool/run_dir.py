@@ -16,6 +16,7 @@ Hydra still writes its own `.hydra/` files into the directory it chose; only rlt
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -72,3 +73,31 @@ def move_newer_aside(ckpt: Path) -> Path | None:
     for d in newer:
         os.rename(d, aside / d.name)
     return aside
+
+
+HYDRA_ONLY = {".hydra", "cli.log", CLAIM}
+"""What a directory holds when no run used it: Hydra's config copy, its empty log, perhaps our claim."""
+REFUSED_RUN = HYDRA_ONLY | {"config.yaml", "logs"}
+"""...and a run this process claimed and then refused (the memory plan): its config and empty logs."""
+
+
+def remove_if_unused(path: str | os.PathLike) -> bool:
+    """`rltool validate` and a run refused for its config get a Hydra run directory too; without
+    this, every such call leaves an empty `outputs/<algo>-<env>-<time>/` behind. Removed only when
+    it holds nothing else: empty logs, no claim but this process's, nothing beside Hydra's files
+    (and, when this process claimed it, the config.yaml it wrote)."""
+    d = Path(path)
+    claim = d / CLAIM
+    mine = claim.is_file() and claim.read_text().startswith(f"pid {os.getpid()} ")
+    if not d.is_dir() or not {p.name for p in d.iterdir()} <= (REFUSED_RUN if mine else HYDRA_ONLY):
+        return False
+    if claim.exists() and not mine:
+        return False  # another process claimed it (a run starting in the same second)
+    logs = [d / "cli.log", *((d / "logs").iterdir() if (d / "logs").is_dir() else [])]
+    if any(f.is_dir() or f.stat().st_size for f in logs if f.exists()):
+        return False
+    if (d / ".hydra").is_dir() and not {p.name for p in (d / ".hydra").iterdir()} <= {"config.yaml", "hydra.yaml",
+                                                                                     "overrides.yaml"}:
+        return False
+    shutil.rmtree(d)
+    return True

@@ -37,9 +37,19 @@ def compute_logprobs(model, ref_model, batch: Batch, cfg: Config) -> Batch:
     so we save a forward by using logp.detach() in the loss. ref_logp only when a KL term is on."""
     if cfg.algo.iterations > 1:
         batch.old_logp = logp_no_grad(model, batch, cfg)
-    if ref_model is not None:
+    if ref_model is not None and cfg.algo.kl_coef > 0:
         batch.ref_logp = logp_no_grad(ref_model, batch, cfg)
     return batch
+
+
+def ref_kl_probe(ref_model, batch: Batch, cfg: Config) -> dict[str, float]:
+    """KL(policy || base) over the first trainer.ref_kl_rows rows, k3 on the sampled tokens with the
+    engine's log-probs as the policy's: how far training has moved from the base model, when no KL
+    term is in the loss (one would put every row through the update, see `contributing_rows`)."""
+    rows = batch.select(torch.arange(min(cfg.trainer.ref_kl_rows, len(batch))))
+    ref_logp = logp_no_grad(ref_model, rows, cfg)  # (n, T)
+    kl = KL_ESTIMATORS["k3"](rows.sample_logp.to(ref_logp.device), ref_logp)
+    return {"policy/ref_kl": float(masked_mean(kl, rows.mask.to(ref_logp.device)))}
 
 
 def compute_advantages(samples: list[Sample], batch: Batch, cfg: Config) -> None:

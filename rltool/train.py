@@ -40,7 +40,8 @@ from rltool.rewards.score import Scorer
 from rltool.rollout.prompts import fitting_examples
 from rltool.samples import Sample
 from rltool.watchdog import deadline
-from rltool.steps import compute_advantages, compute_logprobs, optimize, rollout_metrics, split_updates
+from rltool.steps import (compute_advantages, compute_logprobs, optimize, ref_kl_probe, rollout_metrics,
+                          split_updates)
 
 
 def train(cfg: Config) -> dict[str, float]:
@@ -155,11 +156,13 @@ def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: 
         actor.scheduler.step()
         return {}
     rows = samples or [idle_row(actor)]
+    metrics = {}
     with timer("logprobs"):
         batch = compute_logprobs(actor.model, actor.ref_model, collate(rows, actor.tokenizer.pad_token_id), cfg)
+        if actor.ref_model is not None and cfg.algo.kl_coef == 0:  # trainer.ref_kl_rows: measured, not trained on
+            metrics |= ref_kl_probe(actor.ref_model, batch, cfg)
     with timer("advantage"):
         compute_advantages(rows, batch, cfg)
-    metrics = {}
     with timer("update"):
         for part in split_updates(rows, batch):
             for _ in range(cfg.algo.iterations):

@@ -20,9 +20,9 @@ Limits:
 - Per-operator and per-size accuracy is over the eval rows samples.jsonl holds, and the loop logs only
   the first `eval.log_samples` (default 3) of rank 0's share: run with eval.log_samples=1000 (>= the
   eval size) to log every held-out problem. The report says how many rows each eval had.
-- KL to the base model (policy/ref_kl) is logged only when a reference model is loaded, i.e.
-  algo.kl_coef > 0; algo.kl_coef=1e-9 loads it and logs the KL without changing training measurably
-  (at the cost of a reference forward pass a step).
+- KL to the base model (policy/ref_kl) is logged only when a reference model is loaded: with
+  trainer.ref_kl_rows=N (measured on N rows a step, training unchanged) or algo.kl_coef > 0 (a KL term,
+  which puts every row through the update).
 - Group fractions need rollout/groups_* (rltool/algos/group_stats.py); runs without them get none.
 """
 from __future__ import annotations
@@ -143,7 +143,7 @@ def windows(rows: list[dict], n: int = WINDOWS) -> list[dict]:
     out = []
     for i in range(0, len(rows), size):
         chunk = rows[i:i + size]
-        cols = [c for c in chunk[0] if c != "step"]
+        cols = [c for c in dict.fromkeys(k for r in chunk for k in r) if c != "step"]  # a step may lack some (entropy)
         mean = {c: sum(r[c] for r in chunk if c in r) / max(sum(c in r for r in chunk), 1) for c in cols}
         out.append({"steps": f"{chunk[0]['step']}-{chunk[-1]['step']}", **mean})
     return out
@@ -314,7 +314,8 @@ def report(run: Path, out: Path) -> dict:
     missing = [name for name, key in (("KL to the base model", "kl_base"), ("group fractions", "all_wrong"))
                if not any(key in r for r in dyn)]
     if missing:
-        md += [f"Not logged in this run: {', '.join(missing)} (see the limits in scripts/learning_report.py).", ""]
+        md += [f"Not logged in this run: {', '.join(missing)} (KL to the base model: run with trainer.ref_kl_rows=8; "
+               "see the limits in scripts/learning_report.py).", ""]
     md += [f"![{p}]({p})" for p in pngs] + [""]
     (out / "report.md").write_text("\n".join(md))
     return {"run": run.name, **head}

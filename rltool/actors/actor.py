@@ -77,7 +77,7 @@ def build_actors(cfg: Config, hw, accelerator, resume_from: Optional[Path], lr_l
                                 gradient_checkpointing=hw.cfg.gradient_checkpointing, seed=cfg.seed)
             optimizer = parallel.make_optimizer([p for p in model.parameters() if p.requires_grad], acfg)
             actor.model, actor.optimizer = parallel.prepare(accelerator, model, optimizer)
-            if acfg.algo.kl_coef > 0:  # LoRA: the policy with its adapter off
+            if acfg.needs_reference(name):  # LoRA: the policy with its adapter off
                 ref = load_reference(parallel.unwrap(actor.model), base_dir, hw.dtype, None if accelerator else hw.device)
                 actor.ref_model = ref if isinstance(ref, AdapterDisabled) else parallel.prepare_frozen(accelerator, ref)
             actor.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -66,9 +66,11 @@ if not torch.cuda.is_available():  # the refusal is what is tested; on a GPU box
 
 
 @pytest.mark.parametrize("overrides,message", CASES)
-def test_bad_value_is_one_line(overrides, message):
-    proc = rltool("train", *overrides, check=False, timeout=120)
+def test_bad_value_is_one_line(overrides, message, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = rltool("train", *overrides, f"hydra.run.dir={run_dir}", check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
+    assert not run_dir.exists()  # a refused run leaves no empty run directory behind
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("rltool: config error: "), proc.stderr
     assert message in lines[0]
@@ -99,10 +101,11 @@ def test_encoder_agent_commands_validate():
         assert "loop: ppo" in proc.stdout and f"name: {env}" in proc.stdout and "sweep_metric: eval/return" in proc.stdout
 
 
-def test_every_shipped_algo_validates():
+def test_every_shipped_algo_validates(tmp_path):
     for algo in ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "erl"):
-        proc = rltool("validate", f"algo={algo}", timeout=120)
+        proc = rltool("validate", f"algo={algo}", f"hydra.run.dir={tmp_path / algo}", timeout=120)
         assert f"name: {algo}" in proc.stdout
+        assert not (tmp_path / algo).exists()  # validate leaves no run directory
 
 
 def test_help_lists_groups():

@@ -17,7 +17,7 @@ STEPS = ["trainer.max_steps=3", "trainer.save_every=1", "trainer.keep_last=2", "
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("full")
-    proc = rltool("train", *TINY, *STEPS, "trainer.eval_every=2", f"hydra.run.dir={run}")
+    proc = rltool("train", *TINY, *STEPS, "trainer.eval_every=2", "trainer.ref_kl_rows=4", f"hydra.run.dir={run}")
     return run, proc
 
 
@@ -30,6 +30,10 @@ def test_steps_logged_with_finite_losses(full_run):
         for key in ("loss/policy", "policy/grad_norm", "policy/entropy_trained", "reward/mean", "perf/tokens_per_s"):
             assert math.isfinite(r[key]), key
         assert r["rollout/samples"] == 8
+    # trainer.ref_kl_rows=4: KL to the base model measured, no KL term trained on
+    kl = [r["policy/ref_kl"] for r in train_rows]
+    assert all(math.isfinite(k) and k >= 0 for k in kl) and kl[0] < 0.05, kl  # step 1 samples from the base itself
+    assert not any("loss/kl" in r for r in train_rows)
     assert "step 1/3" in proc.stdout and "eta" in proc.stdout
     assert "training prompts (0 left out: longer than rollout.max_prompt_len=512 tokens)" in proc.stdout
 

@@ -114,6 +114,9 @@ def test_windows_average_consecutive_steps():
     # (1.0 + 0.8) / 2 = 0.9, (100 + 90) / 2 = 95; (0.6 + 0.4) / 2 = 0.5, (80 + 70) / 2 = 75
     assert lr.windows(rows, 2) == [{"steps": "1-2", "entropy": pytest.approx(0.9), "len": 95.0},
                                    {"steps": "3-4", "entropy": pytest.approx(0.5), "len": 75.0}]
+    # a step that trained no row logs no entropy; its window still averages the steps that did
+    del rows[2]["entropy"]
+    assert lr.windows(rows, 2)[1] == {"steps": "3-4", "len": 75.0, "entropy": pytest.approx(0.4)}
 
 
 def test_a_run_without_kl_or_group_metrics_says_so(tmp_path):

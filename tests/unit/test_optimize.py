@@ -246,3 +246,16 @@ def test_multi_turn_row_trains_only_its_own_tokens_with_per_token_advantages(agg
     assert batch.mask.tolist() == [[1, 1, 0, 0, 1], [1, 1, 0, 0, 0]]
     assert batch.adv.tolist() == [[0.5, 0.5, 0.0, 0.0, -1.0], [1.0, 1.0, 0.0, 0.0, 0.0]]
     assert batch.sample_logp[0].tolist() == [-1.0, -1.0, 0.0, 0.0, -1.0]
+
+
+def test_ref_kl_probe_is_k3_of_the_engine_logps_against_the_base_on_the_first_rows():
+    """trainer.ref_kl_rows: KL(policy || base) measured on the first n rows, with the engine's log-probs
+    as the policy's; k3 = exp(ref - logp) - (ref - logp) - 1, averaged over those rows' tokens."""
+    base, samples = tiny_model(), six_samples()
+    cfg = config("grpo", micro=2)
+    cfg.trainer = TrainerConfig(micro_batch_size=2, ref_kl_rows=3)
+    got = steps.ref_kl_probe(base, collate(samples, pad_id=0), cfg)["policy/ref_kl"]
+    with torch.no_grad():
+        d = torch.cat([row_logps(base, s, TEMPERATURE) - torch.tensor(s.sample_logp) for s in samples[:3]])
+    assert abs(got - float((d.exp() - d - 1).mean())) < 1e-6
+    assert got > 0.1  # the engine's made-up log-probs are far from the model's: a real distance

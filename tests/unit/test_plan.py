@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rltool.config import ActorConfig, AlgoConfig, ConfigError, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig
+from rltool.config import ActorConfig, AlgoConfig, Config, ConfigError, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig
 from rltool.plan import GIB, Shape, memory_plan
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
@@ -53,6 +53,7 @@ def cfg(**over):
         actor.name = name
     c.policy = next(iter(c.actors.values()))
     c.actor_algo = lambda name: c.algo
+    c.needs_reference = lambda name: Config.needs_reference(c, name)
     return c
 
 
@@ -65,6 +66,12 @@ def test_parts_by_hand_fp32_cpu():
     # logits 2*4*10*4*3 = 960; engine 1 GiB + 388*4
     assert to_bytes == {"weights": 1552, "grads": 1552, "optimizer": 3104, "activations": 9216, "logits": 960,
                         "reference": 0, "engine": GIB + 1552}
+
+
+def test_a_full_reference_copy_for_a_kl_term_or_a_kl_measurement():
+    hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
+    for over in ({"algo": AlgoConfig(name="t", kl_coef=0.1)}, {"trainer": TrainerConfig(micro_batch_size=2, ref_kl_rows=8)}):
+        assert round(memory_plan(cfg(**over), hw, Shape.from_dict(TINY), 64 * GIB)[1]["reference"] * GIB) == 388 * 4
 
 
 def test_logits_follow_the_logprob_path():

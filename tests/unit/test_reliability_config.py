@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rltool import cli
-from rltool.run_dir import CLAIM, claim_run_dir, move_newer_aside, newer_checkpoints
+from rltool.run_dir import CLAIM, claim_run_dir, move_newer_aside, newer_checkpoints, remove_if_unused
 
 
 def checkpoint(run, step, zero3=False):
@@ -160,6 +160,32 @@ def test_a_fresh_run_never_writes_into_a_directory_holding_a_run(tmp_path):
     empty = tmp_path / "fresh"
     empty.mkdir()  # Hydra makes the directory (and .hydra/) before rltool runs: still free
     assert claim_run_dir(empty) == empty
+
+
+def test_an_unused_run_dir_is_removed_and_anything_else_kept(tmp_path):
+    def hydra_dir(name, log="", extra=None):
+        d = tmp_path / name
+        (d / ".hydra").mkdir(parents=True)
+        for f in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (d / ".hydra" / f).write_text("x: 1\n")
+        (d / "cli.log").write_text(log)
+        for f, text in (extra or {}).items():
+            (d / f).write_text(text)
+        return d
+
+    unused = hydra_dir("validate")
+    assert remove_if_unused(unused) and not unused.exists()
+    mine = claim_run_dir(hydra_dir("refused"))  # refused by the memory plan after this process claimed it
+    (mine / "config.yaml").write_text("x: 1\n")
+    (mine / "logs").mkdir()
+    (mine / "logs" / "rank0.log").write_text("")
+    assert remove_if_unused(mine) and not mine.exists()
+    kept = [hydra_dir("logged", log="a warning\n"), hydra_dir("run", extra={"metrics.jsonl": "{}\n"}),
+            hydra_dir("other", extra={CLAIM: "pid 1 at 2026-01-01 00:00:00\n"}),
+            hydra_dir("config_unclaimed", extra={"config.yaml": "x: 1\n"})]
+    (hydra_dir("notes") / ".hydra" / "notes.txt").write_text("mine")
+    for d in [*kept, tmp_path / "notes"]:
+        assert not remove_if_unused(d) and d.is_dir(), d
 
 
 def test_resume_from_an_older_step_keeps_the_newer_checkpoints(tmp_path, capsys, monkeypatch):

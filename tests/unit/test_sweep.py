@@ -1,6 +1,7 @@
 """The multirun summary: each job's outcome through run_job and SweepSummary.on_job_end, as Hydra's
 run_job calls them, then on_multirun_end's CSV, table and exit code."""
 import csv
+import hashlib
 
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
@@ -8,7 +9,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from rltool import sweep
-from rltool.config import ConfigError
+from rltool.config import ConfigError, short_dirname
 
 METRICS = {"eval/accuracy_strict": 0.25, "eval/accuracy_flexible": 0.5, "eval/accuracy_math_verify": 0.5,
            "eval/format_rate": 1.0, "eval/len": 7.0}
@@ -105,3 +106,12 @@ def test_single_run_writes_no_row(tmp_path):
     sweep.SweepSummary().on_job_end(hydra_config(tmp_path, 0, mode=RunMode.RUN),
                                     JobReturn(overrides=[], status=JobStatus.COMPLETED, _return_value=None))
     assert not (tmp_path / "0").exists()
+
+
+def test_a_job_dirname_past_200_bytes_is_cut_and_ends_in_a_hash_of_the_whole_name():
+    assert short_dirname("algo=grpo,seed=1") == "algo=grpo,seed=1"
+    a, b = "algo=grpo," + "x" * 300, "algo=grpo," + "x" * 299 + "y"  # differ only past the cut
+    assert short_dirname(a) == a[:200] + "~" + hashlib.sha1(a.encode()).hexdigest()[:8]
+    assert short_dirname(b) != short_dirname(a) and len(short_dirname(b).encode()) == 209
+    cut_in_a_char = "a" + "é" * 150  # 301 bytes: byte 200 splits an 'é', which is dropped, not mangled
+    assert short_dirname(cut_in_a_char).split("~")[0] == "a" + "é" * 99
