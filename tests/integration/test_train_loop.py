@@ -32,7 +32,7 @@ def test_steps_logged_with_finite_losses(full_run):
         assert r["rollout/samples"] == 8
     # trainer.ref_kl_rows=4: KL to the base model measured, no KL term trained on
     kl = [r["policy/ref_kl"] for r in train_rows]
-    assert all(math.isfinite(k) and k >= 0 for k in kl) and kl[0] < 0.05, kl  # step 1 samples from the base itself
+    assert all(math.isfinite(k) and k > -1e-6 for k in kl) and kl[0] < 0.05, kl  # step 1 samples from the base itself (k3 >= 0 up to rounding)
     assert not any("loss/kl" in r for r in train_rows)
     assert "step 1/3" in proc.stdout and "eta" in proc.stdout
     assert "training prompts (0 left out: longer than rollout.max_prompt_len=512 tokens)" in proc.stdout
