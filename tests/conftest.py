@@ -38,3 +38,19 @@ def free_the_modules_disk_and_memory(request, tmp_path_factory):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc
         pass
+
+
+@pytest.fixture(scope="session")
+def compose_config():
+    """The config `rltool train <overrides>` would run, composed by Hydra without loading anything."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rltool.cli import conf_dir
+    from rltool.config import register_configs
+
+    def composed(*overrides):
+        register_configs()
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            return OmegaConf.to_object(compose(config_name="config", overrides=["output_dir=x", *overrides]))
+    return composed

@@ -12,7 +12,11 @@ RLTOOL = [sys.executable, "-m", "rltool.cli"]
 # rewards differ within every group, so each step has a non-zero gradient even when no answer is right.
 TINY = ["env=arithmetic", "reward=arithmetic", "reward.length_penalty=0.5", "trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.micro_batch_size=4",
         "rollout.max_new_tokens=24", "eval.max_new_tokens=24", "eval.size=8", "hardware=cpu",
-        "rollout.enforce_eager=true"]  # vLLM starts in seconds instead of ~90 s of torch.compile
+        "rollout.enforce_eager=true",  # vLLM starts in seconds instead of ~90 s of torch.compile
+        # env=arithmetic brings its tuned run (cosine lr 1e-5, evals every 10, one DAPO refill); these
+        # tests check the loop's mechanics on the base config's values, so they state them
+        "trainer.lr=2e-6", "trainer.lr_schedule=constant", "trainer.eval_every=25", "trainer.save_every=25",
+        "algo.max_refill_rounds=2"]
 
 # A conversation reward (a `reward.module` file): each actor is scored on its own words. The sampled texts
 # differ, so every group has a spread of rewards and every actor gets gradients even when no answer is right.

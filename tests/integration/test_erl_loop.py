@@ -38,6 +38,7 @@ COMMON = [
     "reward.terms=[{name:test_controlled}]", "reward.success=test_controlled",
     "algo.erl.reflection_max_new_tokens=24", f"algo.erl.distill_threshold={DISTILL}",
     "rollout.enforce_eager=true",  # vLLM starts in seconds instead of ~90 s of torch.compile
+    "trainer.lr_schedule=constant", "trainer.eval_every=25",  # not env=arithmetic's tuned cosine run
 ]
 PACKED = COMMON + ["trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.max_steps=2", "trainer.save_every=1",
                    "trainer.eval_every=1", "algo.erl.memory_top_k=2"]
