@@ -46,6 +46,10 @@ def main(out: str) -> None:
         with open(out, "w") as f:
             json.dump({"skipped": [s["skipped"] for s in seen], "unchanged_by_poison": same, "moved_after": moved,
                        "finite": finite}, f)
+    # Leave together and close the group: a rank that exited while the other still held gloo's connection
+    # once aborted at interpreter exit ("terminate called without an active exception") after the JSON was written.
+    dist.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -96,3 +96,26 @@ def test_two_trainable_actors_under_zero3_on_two_ranks(tmp_path):
     key = "model.embed_tokens.weight"
     assert not torch.equal(finals["solver"][key], base[key]) and not torch.equal(finals["checker"][key], base[key])
     assert not torch.equal(finals["solver"][key], finals["checker"][key])
+
+
+def test_two_lora_actors_share_one_multi_lora_engine_under_zero3(tmp_path):
+    # rollout.multi_lora under ZeRO-3: each rank's one engine serves both actors' adapters, each adapter gathered
+    # from its DeepSpeed engine's shards at the sync; step 2 samples with the adapters step 1 trained
+    module = tmp_path / "rewards.py"
+    module.write_text(OWN_VARIETY_REWARD)
+    run = tmp_path / "run"
+    proc = rltool("train", *[o for o in ZERO3_TINY if not o.startswith(("env=", "reward="))], "env=collab_arithmetic",
+                  f"reward.module={module}", "reward.terms=[{name: own_variety}]", "reward.success=own_variety",
+                  "actors.solver.lora.r=8", "actors.checker.lora.r=8", "rollout.multi_lora=true",
+                  "hardware.vllm_kv_cache_gib=1", "rollout.max_new_tokens=12", "eval.enabled=false",
+                  "trainer.lr=1e-3", "trainer.max_steps=2", "trainer.save_every=2", f"hydra.run.dir={run}")
+    assert "engine: vllm for solver (its adapter on one multi-LoRA engine with checker)" in proc.stdout
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "time/step" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for name in ("solver", "checker"):
+        assert all(r[f"{name}/update/rows"] > 0 for r in rows), name
+        assert abs(rows[1][f"{name}/policy/mismatch_kl"]) < 1e-3, name  # served its own synced adapter
+        assert (run / "checkpoints" / "step_000002" / "actors" / name / "zero").is_dir()
+    finals = {n: load_file(str(run / "final" / n / "model.safetensors")) for n in ("solver", "checker")}
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(finals["solver"][key], finals["checker"][key])  # two adapters, trained apart

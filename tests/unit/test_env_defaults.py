@@ -5,7 +5,7 @@ the command line, and not leak into other environments."""
 def test_arithmetic_brings_its_tuned_run(compose_config):
     cfg = compose_config("env=arithmetic")
     t = cfg.trainer
-    assert (t.lr, t.lr_schedule, t.max_steps, t.eval_every, t.save_every) == (1e-5, "cosine", 40, 10, 20)
+    assert (t.lr, t.lr_schedule, t.max_steps, t.eval_every, t.save_every) == (1e-5, "cosine", 70, 10, 20)
     assert (cfg.reward.name, cfg.eval.size, cfg.eval.max_new_tokens, cfg.rollout.max_new_tokens) == ("arithmetic", 200, 64, 64)
     assert cfg.algo.max_refill_rounds == 1 and cfg.env.name == "arithmetic" and cfg.env.operators == ["+", "-", "*"]
 
