@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rltool import launch
-from rltool.config import ACTOR_KEYS, Config, ConfigError, register_configs
+from rltool.config import ACTOR_KEYS, Config, ConfigError, check_finite, register_configs
 from rltool.guard import RunAborted
 from rltool.loops import LOOPS
 from rltool.sweep import run_job
@@ -35,6 +35,7 @@ def conf_dir() -> str:
 
 def to_config(cfg: DictConfig) -> Config:
     """Typed Config with every __post_init__ check run, plus its training loop's checks; raises ConfigError."""
+    check_finite(OmegaConf.to_container(cfg, resolve=False))  # before any range check reads a nan
     try:
         config: Config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:  # OmegaConf wraps exceptions raised in __post_init__
@@ -69,39 +70,44 @@ def check_lm_config(config: Config) -> None:
     for actor in config.actors.values():
         check_model_path(actor.path, f"actors.{actor.name}.path")
     check_env_actors(config)
+    check_resume(config, actors=[a.name for a in config.actors.values() if a.trainable])  # the actors it saved
 
 
 def check_env_actors(config: Config) -> None:
-    """The actor names an environment refers to exist (round-spec, answer_from, drafter, combiner),
-    checked before any model loads. At least one actor trains."""
-    from rltool.envs.round_spec import parse
+    """Each part of the environment is played by the algorithm's rollout (the rollout's `plays` names the
+    kinds of episode it drives, the env's `episodes` its kind; single_turn where not declared), and its own
+    `check_config` accepts the env keys and actor names (round-spec, answer_from, drafter, system prompts),
+    all before any model loads. At least one actor trains."""
+    from rltool.algos.rollouts import ROLLOUTS
+    from rltool.envs import ENVS
 
-    names, parts = list(config.actors), config.env.name.split("+")
+    names, parts = list(config.actors), [ENVS[p] for p in config.env.name.split("+")]
     if not any(a.trainable for a in config.actors.values()):
         raise ConfigError("actors: every actor is frozen (trainable=false); at least one must train")
-    if any(p.startswith("collab") for p in parts):
-        parse(config.env.round_spec, names)  # RoundSpecError names the position
-        if config.env.answer_from not in ("last", *names):
-            raise ConfigError(f"env.answer_from={config.env.answer_from!r}: must be last or an actor ({', '.join(names)})")
-    if any(p.startswith("parallel") for p in parts):
-        for role in ("drafter", "combiner"):
-            if getattr(config.env, role) not in names:
-                raise ConfigError(f"env.{role}={getattr(config.env, role)!r}: not an actor; actors: {', '.join(names)}")
+    plays = lambda rollout: getattr(ROLLOUTS[rollout], "plays", ("single_turn",))  # noqa: E731
+    for name, env in zip(config.env.name.split("+"), parts):
+        kind = getattr(env, "episodes", "single_turn")
+        if kind not in plays(config.algo.rollout):
+            able = [r for r in ROLLOUTS.names() if kind in plays(r)]
+            raise ConfigError(f"algo.rollout={config.algo.rollout!r} (algo={config.algo.name}) does not play env {name}'s "
+                              f"{kind} episodes, only {', '.join(plays(config.algo.rollout))} ones; rollouts that "
+                              f"play {kind}: {', '.join(able) or 'none'}")
+    for env in dict.fromkeys(parts):
+        if hasattr(env, "check_config"):
+            env.check_config(config.env, names)
 
 
-def check_resume(config: Config) -> None:
-    """resume= names a checkpoint this run can continue (found, and saved with the same kind of launch)."""
-    from rltool.ckpt import check_resumable, load_trainer_state
+def check_resume(config: Config, actors: list[str] | None = None) -> None:
+    """resume= names a checkpoint this run can continue: found, every file it will load whole (else the newest
+    intact one, said in one line), saved with the same kind of launch and, given `actors`, the same trainable
+    actors. Nothing in it is unpickled beyond plain data (rltool/ckpt_check.py)."""
+    from rltool.ckpt_check import check_resumable
 
     if config.resume:
         try:
-            ckpt = check_resumable(config.resume, zero3=config.hardware.zero_stage == 3)
+            check_resumable(config.resume, zero3=config.hardware.zero_stage == 3, actors=actors)
         except FileNotFoundError as e:
             raise ConfigError(str(e)) from None
-        try:  # read now, not after the model and engine have loaded (the PPO loop's holds pickled env states)
-            load_trainer_state(ckpt, pickled=config.algo.loop != "lm")
-        except ValueError as e:
-            raise ConfigError(f"resume={config.resume}: {e}") from None
 
 
 def check_registries(config: Config) -> None:
@@ -160,7 +166,7 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
     config = to_config(cfg)
     if not config.output_dir:
         config.output_dir = HydraConfig.get().runtime.output_dir
-    if command == "train" and not launch.launched():  # launched ranks write where this process chose
+    if command == "train" and not launch.launched():  # launched ranks: global rank 0 does it in train()
         own_run_dir(config)
     if command == "validate":
         print(OmegaConf.to_yaml(cfg, resolve=True))  # the values the run would use
@@ -186,21 +192,11 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
 
 def own_run_dir(config: Config) -> None:
     """A fresh run claims a directory no other run uses; a resume from an older checkpoint first
-    moves the run's newer ones aside, so continuing never overwrites them (rltool/run_dir.py)."""
+    moves the run's newer ones aside (rltool/run_dir.py). Ranks a launcher started do this in
+    train(), on global rank 0 (`run_dir.own_launched_run_dir`)."""
     from rltool import run_dir
 
-    if config.resume:
-        from rltool.ckpt import resolve_checkpoint
-
-        ckpt = resolve_checkpoint(config.resume)
-        aside = run_dir.move_newer_aside(ckpt)
-        if aside is not None:
-            print(f"resume: {ckpt.name} is older than this run's newest checkpoints; they are kept in {aside}")
-        return
-    wanted = config.output_dir
-    config.output_dir = str(run_dir.claim_run_dir(wanted))
-    if config.output_dir != wanted:
-        print(f"run dir: {wanted} holds another run; writing to {config.output_dir}")
+    run_dir.own_run_dir(config)
 
 
 def routed_logs(config: Config):

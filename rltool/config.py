@@ -7,6 +7,7 @@ here once; the YAML files in conf/ only select and override.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -26,6 +27,19 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def check_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:
     check(value in choices, key, value, f"must be one of {', '.join(map(str, choices))}")
+
+
+def check_finite(tree: Any, key: str = "") -> None:
+    """Every number in the config is finite. Range checks cannot catch this: inf passes `lr > 0` and
+    trains NaN weights; nan fails every comparison with a message about the wrong thing. Walks the plain
+    container (dicts, lists) before the dataclasses are built, so actors' and overrides' numbers count too."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for k, v in items:
+        path = f"{key}[{k}]" if isinstance(tree, list) else f"{key}.{k}" if key else str(k)
+        if isinstance(v, float):
+            check(math.isfinite(v), path, v, "must be a finite number (inf and nan are refused)")
+        else:
+            check_finite(v, path)
 
 
 @dataclass
@@ -111,8 +125,9 @@ class PpoConfig:
     norm_reward: bool = False
     """Divide rewards by the running std of the discounted return (rltool/algos/reward_scale.py): values and
     advantages near 1 whatever the reward's units (CliffWalking's -100s). Logged returns stay unscaled."""
-    value_loss: str = "clipped"
-    """Registered value loss (rltool/algos/value_losses.py): clipped (against the old values) | mse."""
+    value_loss: str = "mse"
+    """Registered value loss (rltool/algos/value_losses.py): mse (as stable-baselines3) | clipped (against the old
+    values; value_clip is in return units, so it suits norm_reward=true, where returns are near 1)."""
     value_clip: float = 0.2
     """clipped: V may move at most this far from the rollout's old value before the loss stops pulling."""
     vf_coef: float = 0.5
@@ -124,13 +139,17 @@ class PpoConfig:
     target_kl: Optional[float] = None
     """Stop a rollout's epochs once the approximate KL to the rollout policy exceeds this (null: never)."""
     eval_episodes: int = 100
-    """Greedy evaluation episodes at every eval (trainer.eval_every rollouts, and at the end)."""
+    """Greedy evaluation episodes at every eval (trainer.eval_every rollouts, and at the end), shared evenly
+    between the trainer.num_envs environments."""
+    eval_max_steps: int = 1000
+    """Greedy evaluation cuts an episode off after this many steps (counted as ended, without success): a
+    deterministic policy can loop forever where the environment has no time limit (env.max_episode_steps=0)."""
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "algo.ppo.lr", self.lr, "must be > 0")
         check(0 < self.gamma <= 1, "algo.ppo.gamma", self.gamma, "must be in (0, 1]")
         check(0 <= self.gae_lambda <= 1, "algo.ppo.gae_lambda", self.gae_lambda, "must be in [0, 1]")
-        for key in ("num_steps", "update_epochs", "num_minibatches", "eval_episodes"):
+        for key in ("num_steps", "update_epochs", "num_minibatches", "eval_episodes", "eval_max_steps"):
             check(getattr(self, key) >= 1, f"algo.ppo.{key}", getattr(self, key), "must be >= 1")
         check(self.value_clip > 0, "algo.ppo.value_clip", self.value_clip, "must be > 0")
         for key in ("vf_coef", "ent_coef", "max_grad_norm"):
@@ -313,7 +332,7 @@ class EnvConfig:
     draft_share: float = 0.5
     """parallel: a draft's reward is its own reward + draft_share x the combiner's."""
     draft_format_reward: float = 0.0
-    """parallel: the own reward of a draft without a parsable final answer (kept, never dropped)."""
+    """parallel: added to the reward of a draft without a '####' final answer (kept, never dropped)."""
     mix: list[float] = field(default_factory=list)
     """env=a+b: relative weights of the parts in the training stream (empty: equal, interleaved)."""
     eval_only: list[str] = field(default_factory=list)
@@ -527,11 +546,14 @@ class RewardConfig:
     module: Optional[str] = None
     """A Python file of your own rewards (@reward functions, or TRL-signature functions), imported before names are checked."""
     timeout_s: float = 60.0
-    """Deadline of one reward call; a reward past it (or raising, or returning nan/inf) leaves that sample
-    unscored with one warning naming it (reward/failed/<name>). 0: no deadline."""
+    """Deadline of one reward call; a reward past it (or raising, or returning no number: a string, nan, 1e39)
+    leaves that sample unscored with one warning naming it (reward/failed/<name>). 0: no deadline."""
+    phase_timeout_s: float = 1800.0
+    """Deadline of one scoring round (a step's rewards); rows not scored by then are unscored. Its time does
+    not count against rollout.timeout_s. 0: no deadline."""
     workers: int = 0
-    """0: rewards run in the trainer's process (the deadline by SIGALRM) | N: in N worker processes (a hung
-    one is killed and replaced)."""
+    """0: rewards run in the trainer's process, one call after another | N: in N worker processes, N calls
+    at a time (a hung one is killed and replaced)."""
     max_failure_frac: float = 0.5
     """A step where a reward fails on more than this share of its samples counts as a failed step."""
     max_failed_steps: int = 3
@@ -540,6 +562,7 @@ class RewardConfig:
     def __post_init__(self) -> None:
         check(len(self.terms) > 0, "reward.terms", self.terms, "must list at least one reward")
         check(self.timeout_s >= 0, "reward.timeout_s", self.timeout_s, "must be >= 0 (0: no deadline)")
+        check(self.phase_timeout_s >= 0, "reward.phase_timeout_s", self.phase_timeout_s, "must be >= 0 (0: no deadline)")
         check(self.workers >= 0, "reward.workers", self.workers, "must be >= 0")
         check(0 <= self.max_failure_frac < 1, "reward.max_failure_frac", self.max_failure_frac, "must be in [0, 1)")
         check(self.max_failed_steps >= 0, "reward.max_failed_steps", self.max_failed_steps, "must be >= 0 (0: never stop)")
@@ -713,7 +736,7 @@ class EvalConfig:
     temperature: float = 1.0
     """Used only for pass@n sampling; accuracy is always greedy."""
     size: int = 0
-    """Cap on eval problems (0 = the whole held-out split)."""
+    """Cap on eval problems, each part of a composed env (env=a+b) its own (0 = the whole held-out split)."""
     max_new_tokens: int = 256
     log_samples: int = 3
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rltool import dist
 from rltool.config import Config
-from rltool.rewards.registry import REWARDS, call_reward
+from rltool.rewards.registry import Row
+from rltool.rewards.score import Scorer
 from rltool.rollout.engine import Sampling
 from rltool.rollout.prompts import encode_chat, fitting_examples
 
@@ -26,16 +27,17 @@ def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dic
         return env.evaluate(actors, cfg)
     policy = actors[cfg.policy.name]
     # Prompts longer than rollout.max_prompt_len are left out (never cut) and counted in eval/skipped_long.
-    held_out, too_long = fitting_examples(env.eval_examples()[: cfg.eval.size or None], env.messages, policy.tokenizer,
+    held_out, too_long = fitting_examples(held_out_examples(env, cfg.eval.size), env.messages, policy.tokenizer,
                                           cfg.rollout.max_prompt_len)
     examples = held_out[dist.rank()::dist.world_size()]
     answers = greedy_answers(actors, env, examples, cfg)
+    scorer = Scorer(cfg.reward, cfg.eval.max_new_tokens)  # a reward that misbehaves: that answer is unscored, counted
     rows = []
     for example, c in zip(examples, answers):
         row = {"id": example.id, "question": example.question, "answer": example.answer, "completion": c.text,
                "tokens": len(c.token_ids)}  # per-problem length: scripts/learning_report.py splits it by operator
         for key, name in ACCURACY.items():
-            value, _ = call_reward(REWARDS[name], c.text, example)
+            value = scorer.values(name, [Row(c.text, example)])[0]
             row[key] = value or 0.0  # math_verify's None (unparseable gold) counts as not solved
         rows.append(row)
     metrics = summarise(rows, len(held_out), "eval/")
@@ -47,8 +49,17 @@ def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dic
     metrics["eval/skipped_long"] = float(too_long)
     if cfg.eval.n > 1 and not hasattr(env, "answers"):
         prompts = [encode_chat(policy.tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
-        metrics[f"eval/pass@{cfg.eval.n}"] = dist.sum_over_ranks(pass_at_n(policy.engine, prompts, examples, cfg)) / max(len(held_out), 1)
+        metrics[f"eval/pass@{cfg.eval.n}"] = dist.sum_over_ranks(pass_at_n(policy.engine, prompts, examples, cfg,
+                                                                           scorer)) / max(len(held_out), 1)
+    metrics |= reward_failures(scorer, [*ACCURACY.values(), cfg.reward.success])
+    scorer.close()
     return metrics, rows
+
+
+def held_out_examples(env, size: int) -> list:
+    """The first `size` held-out problems (0: all) of each part of a composed env: one cut of the combined
+    list would fill `eval.size` from the first part alone and report 0.0 for the others."""
+    return [e for part in getattr(env, "parts", [env]) for e in part.eval_examples()[: size or None]]
 
 
 def greedy_answers(actors: dict, env, examples: list, cfg: Config) -> list:
@@ -68,13 +79,33 @@ def summarise(rows: list[dict], n: int, prefix: str) -> dict[str, float]:
     return metrics
 
 
-def pass_at_n(engine, prompts, examples, cfg: Config) -> int:
-    """How many problems have at least one of eval.n samples correct under the success reward."""
+def pass_at_n(engine, prompts, examples, cfg: Config, scorer: Scorer | None = None) -> int:
+    """How many problems have at least one of eval.n samples correct under the success reward (a sample
+    it cannot score is not correct; `scorer` counts those, else a Scorer of cfg.reward is made for the call)."""
     sampled = engine.generate(prompts, Sampling(n=cfg.eval.n, temperature=cfg.eval.temperature,
                                                 max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.seed))
-    success = REWARDS[cfg.reward.success]
-    solved = sum(any((call_reward(success, c.text, e)[0] or 0) > 0 for c in cs) for e, cs in zip(examples, sampled))
+    own = scorer is None
+    scorer = Scorer(cfg.reward, cfg.eval.max_new_tokens) if own else scorer
+    values = scorer.values(cfg.reward.success, [Row(c.text, e) for e, cs in zip(examples, sampled) for c in cs])
+    ends = [sum(len(cs) for cs in sampled[:i + 1]) for i in range(len(sampled))]
+    solved = sum(any((v or 0) > 0 for v in values[end - len(cs):end]) for cs, end in zip(sampled, ends))
+    if own:
+        scorer.close()
     return solved
+
+
+def reward_failures(scorer: Scorer, names: list[str]) -> dict[str, float]:
+    """`eval/reward/failed/<name>`: answers a reward could not score, over every rank; rank 0 says why."""
+    counts = scorer.step_metrics()
+    metrics = {f"eval/reward/failed/{n}": dist.sum_over_ranks(counts.get(f"reward/failed/{n}", 0.0))
+               for n in dict.fromkeys(names)}  # the same keys on every rank: each is a collective
+    reasons = scorer.errors_over_ranks({k.removeprefix("eval/"): v for k, v in metrics.items()})
+    for key, count in metrics.items():
+        name = key.rsplit("/", 1)[-1]
+        if count and dist.rank() == 0:
+            why = reasons.get(name, "see logs/rank<r>.log")
+            print(f"warning: eval: reward {name!r} could not score {count:g} answers ({why}); they count as not solved")
+    return metrics
 
 
 def evaluate_main(cfg: Config) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Stops a run that can no longer learn, in one line, after its work is saved.
 
 Two things are tolerated for a while and then refused: a reward function that fails on most of a
-step's samples (raises, times out, returns None / nan / inf: those samples are unscored), and
+step's samples (raises, times out, returns None or no number: those samples are unscored), and
 updates skipped because the loss or gradient norm was not finite (rltool/parallel.py `step`).
 A few such steps are noise; many in a row mean the reward or the model is broken, and going on
 would burn compute on zero-advantage or skipped steps. The decision reads the step's metrics after
@@ -38,7 +38,7 @@ class StepGuard:
 
     def check(self, step: int, metrics: dict[str, float], errors: dict[str, str] | None = None) -> None:
         """After step `step`'s metrics are combined; raises RunAborted naming the cause.
-        errors: the Scorer's last_error (reward name -> its latest error text)."""
+        errors: reward name -> its latest reason, from every rank (Scorer.errors_over_ranks)."""
         for key, frac in metrics.items():
             if key.startswith("reward/failed_frac/"):
                 name = key.rsplit("/", 1)[-1]

@@ -113,21 +113,31 @@ TALLIED = {  # step metrics that count something worth a warning -> what the cou
 
 
 class Tally:
-    """Warnings that can happen every step (TALLIED metrics), printed once with a count when they first
-    happen and once more at the end with the total, instead of once per step."""
+    """Warnings that can happen every step (TALLIED metrics, and `reward/failed/<name>` with the reward's
+    reason), printed once with a count when they first happen and once more at the end with the total,
+    instead of once per step. Fed the step's metrics combined over ranks: rank 0 says what any rank saw."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.counts: dict[str, tuple[float, int]] = {}  # message -> (total, steps it happened in)
+        self.messages: dict[str, str] = {}  # key -> the message it was first said with
 
-    def add_metrics(self, step: int, metrics: dict[str, float]) -> None:
+    def add_metrics(self, step: int, metrics: dict[str, float], reasons: dict[str, str] | None = None) -> None:
+        """reasons: reward name -> why it left samples unscored (Scorer.errors_over_ranks)."""
         for key, message in TALLIED.items():
             self.add(step, metrics.get(key, 0.0), message)
+        for key, count in metrics.items():
+            if key.startswith("reward/failed/") and count:
+                name = key.removeprefix("reward/failed/")
+                why = (reasons or {}).get(name, "see logs/rank<r>.log")
+                self.add(step, count, f"completions unscored by reward {name!r} ({why}; counted in {key})", key=key)
 
-    def add(self, step: int, count: float, message: str) -> None:
-        """`message` reads after a number: "completions could not be scored (reward None)"."""
+    def add(self, step: int, count: float, message: str, key: str | None = None) -> None:
+        """`message` reads after a number: "completions could not be scored (reward None)"; key: what
+        counts as the same warning (default: the message), said with its first message."""
         if not count:
             return
+        message = self.messages.setdefault(key or message, message)
         total, steps = self.counts.get(message, (0.0, 0))
         if not steps and self.enabled:
             print(f"warning: step {step}: {count:g} {message} (printed once; the total comes at the end)")

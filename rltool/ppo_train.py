@@ -9,9 +9,7 @@ The agent sees only strings: each environment's state description and its availa
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +18,20 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rltool import ckpt
+from rltool import ckpt, own_pickles, parallel
 from rltool.actors.encoder_agent import EncoderAgent
 from rltool.actors.token_encoder import TokenEncoder
 from rltool.algos.gae import STEP_ADVANTAGES
 from rltool.algos.losses import POLICY_LOSSES, LossParams
 from rltool.algos.reward_scale import ReturnScaler
 from rltool.algos.value_losses import VALUE_LOSSES, ValueLossParams
+from rltool.ckpt_commit import begin, finish
 from rltool.config import Config, ConfigError, PpoConfig
 from rltool.envs.text_gym import make_vector_env
+from rltool.guard import StepGuard
 from rltool.metrics import MetricsLog
 from rltool.plot import plot_run
+from rltool.watchdog import deadline
 
 EVAL_SEED_OFFSET = 1_000_003
 """Eval environments are seeded seed + this, apart from the training ones, and re-seeded at every eval
@@ -98,14 +99,14 @@ def train(cfg: Config) -> dict[str, float]:
     loss_params = LossParams(eps_low=cfg.algo.clip_eps_low, eps_high=cfg.algo.clip_eps_high)
 
     scaler = ReturnScaler(t.num_envs, p.gamma) if p.norm_reward else None
+    guard = StepGuard.from_config(cfg)  # stops a run whose updates keep being nan (trainer.max_nonfinite_steps)
     start, global_step = 0, 0
     ep_return, ep_len = np.zeros(t.num_envs), np.zeros(t.num_envs, dtype=int)  # running episodes
     if resume_from:
         agent.load_state_dict(saved)
         ckpt.load_optimizer(resume_from, optimizer)
-        state = ckpt.load_trainer_state(resume_from, pickled=True)  # gymnasium env states
-        for env, env_state in zip(envs.envs, state["envs"]):
-            env.set_state(env_state)  # position, hand, RNG of each environment mid-episode
+        state = ckpt.load_trainer_state(resume_from)
+        restore_envs(envs, state, resume_from)  # position, hand, RNG of each environment mid-episode
         next_obs, info = state["next_obs"], state["next_info"]
         ep_return, ep_len = state["ep_return"], state["ep_len"]
         start, global_step = state["iteration"], state["global_step"]
@@ -130,8 +131,9 @@ def train(cfg: Config) -> dict[str, float]:
                 for g, lr in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = lr * (1.0 - iteration / num_iterations)
 
-            roll, next_obs, info, episodes = rollout(envs, agent, next_obs, info, ep_return, ep_len, p.num_steps,
-                                                     scaler)
+            with deadline("rollout", iteration + 1, cfg.rollout.timeout_s):  # a user env that hangs is named
+                roll, next_obs, info, episodes = rollout(envs, agent, next_obs, info, ep_return, ep_len, p.num_steps,
+                                                         scaler)
             global_step += batch_size
             adv, returns = advantage(roll.rewards, roll.values, roll.next_values, roll.terminated, roll.truncated,
                                      gamma=p.gamma, lam=p.gae_lambda)  # (T, N) each
@@ -150,6 +152,7 @@ def train(cfg: Config) -> dict[str, float]:
                   + " | ".join(f"{k.split('/')[-1]} {metrics[k]:.3g}" for k in
                                ("rollout/return", "rollout/success", "loss/value", "policy/entropy",
                                 "encoder/cache_hit_rate", "perf/env_steps_per_s") if k in metrics), flush=True)
+            guard.check(iteration + 1, metrics)  # before the save: the last good checkpoint stays the newest
 
             if (t.save_every and (iteration + 1) % t.save_every == 0) or iteration + 1 == num_iterations:
                 save(run_dir, iteration + 1, global_step, agent, optimizer, envs, next_obs, info, ep_return, ep_len, cfg,
@@ -229,7 +232,6 @@ def update(agent: EncoderAgent, optimizer, roll: Rollout, adv, returns, p: PpoCo
     b_adv, b_returns = adv.reshape(-1), returns.reshape(-1)
     B = len(states)
     mb = B // p.num_minibatches
-    params = [q for g in optimizer.param_groups for q in g["params"]]
     sums: dict[str, float] = {}
     count = 0
     for epoch in range(p.update_epochs):
@@ -250,8 +252,7 @@ def update(agent: EncoderAgent, optimizer, roll: Rollout, adv, returns, p: PpoCo
             loss = pg - p.ent_coef * ent + p.vf_coef * v
             optimizer.zero_grad()
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
-            optimizer.step()
+            grad_norm = parallel.step(agent, optimizer, p.max_grad_norm)  # nan/inf: skipped, weights untouched
             step = {"loss/policy": pg.detach(), "loss/value": v.detach(), "policy/entropy": ent.detach(),
                     "perf/grad_norm": grad_norm} | pm | vm
             for k, x in step.items():  # .item(): one sync per minibatch; these are CPU tensors here
@@ -262,6 +263,7 @@ def update(agent: EncoderAgent, optimizer, roll: Rollout, adv, returns, p: PpoCo
             break
     metrics = {k: s / count for k, s in sums.items()}
     metrics["update/epochs"] = epoch + 1
+    metrics["update/skipped_nonfinite"] = parallel.pop_skipped_nonfinite()  # read by the StepGuard
     var = float(b_returns.var())
     metrics["value/explained_var"] = float("nan") if var == 0 else 1 - float((b_returns - b_values).var()) / var
     return metrics
@@ -273,30 +275,14 @@ def episode_metrics(episodes: dict[str, list[float]], prefix: str) -> dict[str, 
     return {f"{prefix}/{k}": float(np.mean(v)) for k, v in episodes.items()} | {f"{prefix}/episodes": len(episodes["return"])}
 
 
-@torch.no_grad()
 def run_eval(agent: EncoderAgent, cfg: Config, global_step: int, log: MetricsLog) -> dict[str, float]:
-    """Greedy (argmax) play on fresh environments until algo.ppo.eval_episodes episodes have ended.
-    Training environments and the RNGs training draws from are left untouched."""
-    n, device = cfg.trainer.num_envs, next(agent.parameters()).device
-    envs = make_vector_env(cfg.env, n)
-    obs, info = envs.reset(seed=cfg.seed + EVAL_SEED_OFFSET)
-    ep_return, ep_len = np.zeros(n), np.zeros(n, dtype=int)
-    episodes: dict[str, list[float]] = {"return": [], "length": [], "success": []}
-    while len(episodes["return"]) < cfg.algo.ppo.eval_episodes:
-        cands, mask = candidates(info, n)
-        action, _, _, _ = agent.get_action_and_value(list(obs), list(cands), torch.from_numpy(mask).to(device),
-                                                     greedy=True)
-        obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-        ep_return += reward
-        ep_len += 1
-        for i in np.flatnonzero(terminated | truncated):
-            final = info["final_info"]
-            episodes["return"].append(float(ep_return[i]))
-            episodes["length"].append(float(ep_len[i]))
-            episodes["success"].append(float(bool(final["success"][i])) if "success" in final else 0.0)
-            ep_return[i], ep_len[i] = 0.0, 0
+    """Greedy play on fresh environments, algo.ppo.eval_episodes episodes shared evenly between them, each cut
+    off after algo.ppo.eval_max_steps. Training environments and the RNGs training draws from are untouched."""
+    p = cfg.algo.ppo
+    envs = make_vector_env(cfg.env, cfg.trainer.num_envs, max_episode_steps=p.eval_max_steps)
+    with deadline("eval", global_step, cfg.rollout.timeout_s):
+        episodes = greedy_episodes(agent, envs, p.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
     envs.close()
-    episodes = {k: v[:cfg.algo.ppo.eval_episodes] for k, v in episodes.items()}
     metrics = episode_metrics(episodes, "eval")
     metrics.pop("eval/episodes")
     metrics["eval/return_stderr"] = float(np.std(episodes["return"]) / np.sqrt(len(episodes["return"])))
@@ -306,33 +292,71 @@ def run_eval(agent: EncoderAgent, cfg: Config, global_step: int, log: MetricsLog
     return metrics
 
 
+@torch.no_grad()
+def greedy_episodes(agent: EncoderAgent, envs, count: int, seed: int) -> dict[str, list[float]]:
+    """Argmax actions until environment i has finished its quota, (count + i) // num_envs episodes, as
+    stable-baselines3's evaluate_policy: keeping the first `count` episodes to end from any environment
+    would favour short episodes. Episodes past a quota are played but not kept."""
+    n, device = envs.num_envs, next(agent.parameters()).device
+    quota = np.array([(count + i) // n for i in range(n)])
+    done = np.zeros(n, dtype=int)
+    obs, info = envs.reset(seed=seed)
+    ep_return, ep_len = np.zeros(n), np.zeros(n, dtype=int)
+    episodes: dict[str, list[float]] = {"return": [], "length": [], "success": []}
+    while (done < quota).any():
+        cands, mask = candidates(info, n)
+        action, _, _, _ = agent.get_action_and_value(list(obs), list(cands), torch.from_numpy(mask).to(device),
+                                                     greedy=True)
+        obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        ep_return += reward
+        ep_len += 1
+        for i in np.flatnonzero(terminated | truncated):
+            if done[i] < quota[i]:
+                final = info["final_info"]
+                episodes["return"].append(float(ep_return[i]))
+                episodes["length"].append(float(ep_len[i]))
+                episodes["success"].append(float(bool(final["success"][i])) if "success" in final else 0.0)
+                done[i] += 1
+            ep_return[i], ep_len[i] = 0.0, 0
+    return episodes
+
+
 def save(run_dir: Path, iteration: int, global_step: int, agent, optimizer, envs, next_obs, info, ep_return, ep_len,
          cfg: Config, scaler: ReturnScaler | None = None) -> Path:
     """checkpoints/step_N/ (N = rollouts done): agent.pt (heads and fine-tuned layers; the frozen encoder is
-    actors.path), optimizer.pt, trainer_state.pt (environment states, RNGs, counters), config.yaml.
-    Written into a temporary directory and renamed into place, as rltool/ckpt.py does for LM runs."""
-    root = run_dir / ckpt.CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    ckpt._remove_stale_tmp(root)
-    name = ckpt.step_name(iteration)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{ckpt.TMP_PREFIX}{name}-"))
+    actors.path), optimizer.pt, trainer_state.pt (environment states, RNGs, counters), config.yaml; committed
+    by rltool/ckpt_commit.py like every LM checkpoint (fsynced, renamed into place, `latest`, pruning).
+    trainer_state.pt is plain data: each environment's state is its pickle as bytes, signed (rltool/own_pickles.py)."""
+    root, name = run_dir / ckpt.CHECKPOINTS, ckpt.step_name(iteration)
+    tmp = begin(root, name)
     torch.save(agent.state_dict(), tmp / "agent.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    env_states = envs.call("get_state")  # pickles of the user's environment objects (position, hand, RNG)
     state = {"iteration": iteration, "global_step": global_step, "rng": ckpt.rng_state(),
-             "envs": envs.call("get_state"), "next_obs": list(next_obs), "next_info": dict(info),
-             "ep_return": ep_return.copy(), "ep_len": ep_len.copy()}
+             "envs": list(env_states), "envs_signature": [own_pickles.sign(b) for b in env_states],
+             "next_obs": list(next_obs), "next_info": plain(info), "ep_return": ep_return.copy(), "ep_len": ep_len.copy()}
     if scaler:
         state["reward_scale"] = scaler.state_dict()
-    torch.save(state, tmp / "trainer_state.pt")
+    torch.save(state, tmp / ckpt.TRAINER_STATE)
     (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    final = root / name
-    if final.exists():  # the same rollout saved again (resumed from an older checkpoint into this run)
-        ckpt._replace_dir(tmp, final)
-    else:
-        os.rename(tmp, final)  # atomic on POSIX
-    ckpt._write_atomic(root / ckpt.LATEST, name)
-    ckpt._prune(root, keep=cfg.trainer.keep_last, current=name)
-    return final
+    return finish(tmp, root / name, keep_last=cfg.trainer.keep_last)
+
+
+def plain(x):
+    """The vector env's info as plain data (numpy object arrays of action tuples -> lists): loadable with
+    weights_only=True, and `candidates` reads lists as it reads arrays."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return [plain(v) for v in x.tolist()]
+    return x
+
+
+def restore_envs(envs, state: dict, where: Path) -> None:
+    """Each environment mid-episode as saved; a pickle this machine's rltool did not sign is refused unread."""
+    for i, (env, blob, signature) in enumerate(zip(envs.envs, state["envs"], state["envs_signature"])):
+        own_pickles.check(blob, signature, f"{where}: environment {i}'s state")
+        env.set_state(blob)
 
 
 def warn_config_drift(cfg: Config, ckpt_dir: Path) -> None:

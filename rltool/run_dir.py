@@ -12,6 +12,10 @@ step (and keep_last would prune them). So they are first moved aside to
 `checkpoints/superseded-<time>/`, with one line saying so: kept, never pruned, never resumed
 from by accident (resume reads step_N names only); delete the directory when it is not wanted.
 Hydra still writes its own `.hydra/` files into the directory it chose; only rltool's move.
+
+Both happen once per run, before any rank reads the directory: in the process the user started,
+or, when a launcher started the ranks (`accelerate launch ... -m rltool train`,
+scripts/launch_slurm.sh), on global rank 0 once the ranks can talk, the others waiting for it.
 """
 from __future__ import annotations
 
@@ -20,13 +24,44 @@ import shutil
 import time
 from pathlib import Path
 
-from rltool.config import ConfigError
+from rltool.ckpt_commit import supersede
+from rltool.ckpt_layout import step_entries, step_of
+from rltool.config import Config, ConfigError
 
 CLAIM = ".rltool-run"
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.yaml", "final")
 """Any of these means a run (perhaps from before claims existed) already lives in the directory."""
-STEP_PREFIX = "step_"
-SUPERSEDED = "superseded-"
+OWNED = "RLTOOL_RUN_DIR_OWNED"
+"""Set by the process that owned the run directory for the ranks it launches: they must not own it again."""
+
+
+def own_run_dir(config: Config) -> None:
+    """A fresh run claims a directory no other run uses (config.output_dir becomes it); a resume from an
+    older checkpoint first moves the run's newer ones aside, so continuing never overwrites them."""
+    if config.resume:
+        from rltool.ckpt_check import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(config.resume)
+        aside = move_newer_aside(ckpt)
+        if aside is not None:
+            print(f"resume: {ckpt.name} is older than this run's newest checkpoints; they are kept in {aside}")
+    else:
+        wanted = config.output_dir
+        config.output_dir = str(claim_run_dir(wanted))
+        if config.output_dir != wanted:
+            print(f"run dir: {wanted} holds another run; writing to {config.output_dir}")
+    os.environ[OWNED] = str(Path(config.output_dir).resolve())  # inherited by the ranks this process launches
+
+
+def own_launched_run_dir(config: Config) -> None:
+    """In ranks a launcher started (collective): global rank 0 owns the directory, unless the process that
+    launched them already did; every rank then takes rank 0's output_dir. The broadcast waits for rank 0,
+    so no rank reads the directory while it is being claimed or checkpoints are being moved."""
+    from rltool import dist
+
+    if dist.rank() == 0 and os.environ.get(OWNED) != str(Path(config.output_dir).resolve()):
+        own_run_dir(config)
+    config.output_dir = dist.broadcast(config.output_dir)
 
 
 def claim_run_dir(path: str | os.PathLike) -> Path:
@@ -47,32 +82,19 @@ def claim_run_dir(path: str | os.PathLike) -> Path:
     raise ConfigError(f"output_dir={str(path)!r}: 10000 runs already use this name; choose another output_dir")
 
 
-def step_of(d: Path) -> int | None:
-    """12 for `step_000012`, None for anything else."""
-    tail = d.name[len(STEP_PREFIX):]
-    return int(tail) if d.name.startswith(STEP_PREFIX) and tail.isdigit() else None
-
-
 def newer_checkpoints(ckpt: Path) -> list[Path]:
-    """The step dirs beside `ckpt` (a checkpoints/step_N dir) with a higher step, oldest first."""
+    """The checkpoints beside `ckpt` (a checkpoints/step_N dir) with a higher step, oldest first."""
     ckpt, mine = Path(ckpt), step_of(Path(ckpt))
-    if mine is None or not ckpt.parent.is_dir():
+    if mine is None:
         return []
-    newer = [(step_of(d), d) for d in ckpt.parent.iterdir() if d.is_dir() and (step_of(d) or -1) > mine]
-    return [d for _, d in sorted(newer)]
+    return sorted((d for d in step_entries(ckpt.parent)[0] if step_of(d) > mine), key=step_of)
 
 
 def move_newer_aside(ckpt: Path) -> Path | None:
     """Move the checkpoints newer than `ckpt` to `checkpoints/superseded-<time>/`; returns that dir
     (None when there were none). Outside `step_*`, so neither resume nor pruning ever touch them."""
     newer = newer_checkpoints(ckpt)
-    if not newer:
-        return None
-    aside = Path(ckpt).parent / f"{SUPERSEDED}{time.strftime('%Y%m%d-%H%M%S')}"
-    aside.mkdir()
-    for d in newer:
-        os.rename(d, aside / d.name)
-    return aside
+    return supersede(newer) if newer else None
 
 
 HYDRA_ONLY = {".hydra", "cli.log", CLAIM}

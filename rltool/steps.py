@@ -16,6 +16,7 @@ from rltool.algos.losses import EXTRA_LOSSES, POLICY_LOSSES, LossParams, StepCou
 from rltool.algos.mismatch import mismatch_weights
 from rltool.batch import Batch, token_advantages
 from rltool.config import Config
+from rltool.rewards.values import FLOAT32_INF
 from rltool.samples import Sample
 
 
@@ -56,23 +57,31 @@ def compute_advantages(samples: list[Sample], batch: Batch, cfg: Config) -> None
     """Fills `Sample.adv` (unless the rollout preset it, or set per-token advantages) and `batch.adv`
     (B, T): each row's outcome advantage broadcast over its trained tokens, or its per-token ones.
 
-    KL in the reward (`kl_placement=reward`) subtracts kl_coef * sum_t KL_t from each reward first.
+    KL in the reward (`kl_placement=reward`) subtracts kl_coef * sum_t KL_t from each reward first; a row
+    whose advantage the rollout preset (r - b, ERL's r2) has the same amount taken off that advantage,
+    since its return is the reward the penalty applies to.
     """
     a = cfg.algo
+    for s in samples:  # a reward float32 cannot hold (nan, 1e39 from an env's own score) would make every
+        if s.reward is not None and not abs(s.reward) < FLOAT32_INF:  # advantage nan: unscored, as None is
+            s.reward = None  # (so reward/unscored counts it)
     rewards = torch.tensor([s.reward if s.reward is not None else 0.0 for s in samples])  # (B,)
     valid = torch.tensor([s.reward is not None for s in samples])  # (B,)
+    penalty = torch.zeros(len(samples))  # (B,)
     if batch.ref_logp is not None and a.kl_placement == "reward":
         kl = KL_ESTIMATORS[a.kl_estimator](batch.sample_logp, batch.ref_logp)  # (B, T)
-        rewards = rewards - a.kl_coef * (kl * batch.mask).sum(-1)
+        penalty = a.kl_coef * (kl * batch.mask).sum(-1)  # (B,)
+        rewards = rewards - penalty
     # Group members may sit on different ranks: estimate over every rank's samples, keep ours.
     groups = torch.tensor([s.group for s in samples])  # (B,) ids unique across ranks
     (all_rewards, offset), (all_groups, _), (all_valid, _) = (dist.gather_cat(x) for x in (rewards, groups, valid))
     adv = ADVANTAGES[a.advantage](all_rewards, all_groups, all_valid)[offset:offset + len(samples)]  # (B,)
     batch.adv = torch.zeros_like(batch.mask)  # (B, T)
     for i, s in enumerate(samples):
-        if s.adv is None and s.token_adv is None:
+        preset = s.adv is not None or s.token_adv is not None
+        if not preset:
             s.adv = float(adv[i])
-        row = token_advantages(s)
+        row = token_advantages(s) - (penalty[i] if preset else 0.0)
         batch.adv[i, :len(row)] = row * batch.mask[i, :len(row)]
 
 

@@ -48,7 +48,7 @@ _outcome: JobResult | None = None
 
 
 def run_job(job: Callable[[], dict[str, float] | None], label: str, job_dir: Path, sweep_metric: str) -> float | None:
-    """Runs one job; returns its `sweep_metric` for the sweeper, or None when it has none.
+    """Runs one job in a child process; returns its `sweep_metric` for the sweeper, or None when it has none.
 
     A failure is one line here, a traceback.txt in the job dir, a `failed` row in the summary and
     exit code 1 at the end; the sweep goes on (KeyboardInterrupt still stops it). A failed job
@@ -56,17 +56,8 @@ def run_job(job: Callable[[], dict[str, float] | None], label: str, job_dir: Pat
     while a nan makes optuna 2.x raise inside the sweeper and ends the sweep.
     """
     global _outcome
-    try:
-        metrics = job()
-    except ConfigError as e:
-        return _failed(label, f"config error: {e}")
-    except Exception as e:  # the sweep outlives a failing job; the failure is reported, never silent
-        job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / "traceback.txt").write_text(traceback.format_exc())
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return _failed(label, f"{type(e).__name__}: {message} (traceback: {job_dir / 'traceback.txt'})")
-    _outcome = JobResult("ok", metrics or {})
-    if metrics is None:  # `rltool validate -m`: nothing to optimise
+    _outcome, metrics = run_in_child(lambda: attempt(job, job_dir), label)
+    if _outcome.status != "ok" or metrics is None:  # failed, or `rltool validate -m`: nothing to optimise
         return None
     if sweep_metric not in metrics:
         print(f"rltool: {label}: sweep_metric={sweep_metric!r} is not a final metric; available: "
@@ -75,10 +66,51 @@ def run_job(job: Callable[[], dict[str, float] | None], label: str, job_dir: Pat
     return metrics[sweep_metric]
 
 
-def _failed(label: str, error: str) -> None:
-    global _outcome
-    print(f"rltool: {label} failed: {error}", file=sys.stderr)
-    _outcome = JobResult("failed", error=error)
+Outcome = tuple[JobResult, "dict[str, float] | None"]
+
+
+def run_in_child(attempt_job: Callable[[], Outcome], label: str) -> Outcome:
+    """A job that hangs in an engine call can only be ended by ending its process (rltool/watchdog.py), and a
+    reward may call sys.exit: so each job runs in a forked child and the sweep, in this process, survives it.
+    The child also hands its memory (engines, model copies) back when it ends. This process has not imported
+    torch (rltool.cli never does), so the fork copies no threads of it."""
+    import multiprocessing as mp
+
+    from rltool import watchdog
+
+    parent_end, child_end = mp.get_context("fork").Pipe(duplex=False)
+
+    def child() -> None:
+        watchdog.on_expire(lambda reason: child_end.send((JobResult("failed", error=reason), None)))
+        child_end.send(attempt_job())
+
+    proc = mp.get_context("fork").Process(target=child, name=label)
+    proc.start()
+    child_end.close()
+    try:
+        outcome = parent_end.recv()
+    except EOFError:  # the child ended without a word: sys.exit in a reward, a kill, an abort in C
+        outcome = None
+    proc.join()
+    result, metrics = outcome or (JobResult("failed", error=f"the job's process ended (exit code {proc.exitcode}) "
+                                                            "without reporting; see its log"), None)
+    if result.status != "ok":
+        print(f"rltool: {label} failed: {result.error}", file=sys.stderr)
+    return result, metrics
+
+
+def attempt(job: Callable[[], dict[str, float] | None], job_dir: Path) -> Outcome:
+    """The job's outcome, never an exception (KeyboardInterrupt aside)."""
+    try:
+        metrics = job()
+    except ConfigError as e:
+        return JobResult("failed", error=f"config error: {e}"), None
+    except Exception as e:  # the sweep outlives a failing job; the failure is reported, never silent
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "traceback.txt").write_text(traceback.format_exc())
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return JobResult("failed", error=f"{type(e).__name__}: {message} (traceback: {job_dir / 'traceback.txt'})"), None
+    return JobResult("ok", metrics or {}), metrics
 
 
 class SweepSummary(Callback):

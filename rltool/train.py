@@ -1,8 +1,8 @@
 """The training loop. Setup first, then one loop whose body is a list of named phases:
 
     rollout (the environment drives every actor)
-      -> per trainable actor: logprobs -> advantage -> update (x iterations, per update pass) -> sync
-      -> log -> checkpoint
+      -> engines asleep: per trainable actor: logprobs -> advantage -> update (x iterations, per update pass)
+      -> engines awake: per updated actor: sync -> log -> checkpoint
 
 Everything algorithm-specific is a registered function chosen by name in the config: the rollout
 (GRPO groups, ERL's attempt/reflect/retry), the advantage estimator, the policy loss, the loss
@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rltool import ckpt, dist, parallel
+from rltool.run_dir import own_launched_run_dir
 from rltool.actors.actor import Actor, build_actors, close_all, trainable
 from rltool.actors.embedded import resolve_model_path
 from rltool.actors.load import load_tokenizer
@@ -37,6 +38,7 @@ from rltool.model_card import write_model_card
 from rltool.plan import Shape, batch_plan, device_memory, memory_plan
 from rltool.plot import plot_run
 from rltool.rewards.score import Scorer
+from rltool.rollout.lifecycle import update_and_sync
 from rltool.rollout.prompts import fitting_examples
 from rltool.samples import Sample
 from rltool.watchdog import deadline
@@ -48,6 +50,7 @@ def train(cfg: Config) -> dict[str, float]:
     """Returns the final eval metrics ({} with eval.enabled=false): a multirun tables them per job."""
     # ---- setup: ranks, seed, hardware, env, actors (models, engines, optimizers), resume ----
     accelerator = parallel.start(cfg)  # launched: accelerate + DeepSpeed ZeRO-3 over every rank; else None
+    own_launched_run_dir(cfg)  # launched by hand or SLURM: global rank 0 claims the run dir / moves newer checkpoints aside
     hw = resolve_hardware(cfg.hardware)
     main = dist.rank() == 0  # writes logs, metrics and checkpoints
     torch.manual_seed(cfg.seed)
@@ -106,13 +109,14 @@ def train(cfg: Config) -> dict[str, float]:
             # GPU ZeRO-3: trainer shards in CPU RAM meanwhile; a hung engine or reward is named, not waited on
             with timer("generate"), deadline("generate", step + 1, cfg.rollout.timeout_s), offloaded(learners, hw):
                 samples, metrics = rollout(step)  # the environment drives every actor
-                for actor in actors.values():
-                    actor.engine.sleep()  # GPU + hardware.sleep_mode: free vLLM's memory; no-op on CPU
             metrics |= scorer.step_metrics()  # rewards that failed or timed out, by name
-            for actor in learners:  # each on its own turns, in its own groups, under its own settings
+
+            def update(actor: Actor) -> dict | None:  # each on its own turns, in its own groups, under its own settings
                 with offloaded([a for a in learners if a is not actor], hw):
-                    metrics |= train_actor(actor, [s for s in samples if s.actor == actor.name], timer,
-                                           prefix=f"{actor.name}/" if len(actors) > 1 else "")
+                    return train_actor(actor, [s for s in samples if s.actor == actor.name], timer,
+                                       prefix=f"{actor.name}/" if len(actors) > 1 else "")
+            # every engine asleep for the updates (GPU sleep mode), all awake again before the weight syncs
+            metrics |= update_and_sync(actors, update, timer)
 
             phases = timer.split()
             metrics["perf/peak_mem_gib"] = peak_memory_gib(hw.device)  # per rank (averaged over ranks)
@@ -121,9 +125,10 @@ def train(cfg: Config) -> dict[str, float]:
             log.log_data_order(step + 1, list(dict.fromkeys(s.example_id for s in samples)))
             history.append({"step": step + 1, **metrics})
             progress.update(step + 1, metrics, phases)
-            tally.add_metrics(step + 1, metrics)  # e.g. unscored rewards: said once with a count, not every step
+            reasons = scorer.errors_over_ranks(metrics)  # why rewards failed, on any rank (a collective when they did)
+            tally.add_metrics(step + 1, metrics, reasons)  # e.g. unscored rewards: said once with a count, not every step
             try:
-                guard.check(step + 1, metrics, scorer.last_error)  # combined metrics: the same decision on every rank
+                guard.check(step + 1, metrics, reasons)  # combined metrics: the same decision on every rank
             except RunAborted as e:
                 if e.save:
                     save(run_dir, step + 1, learners, sampler, rollout, history, cfg)
@@ -145,16 +150,17 @@ def train(cfg: Config) -> dict[str, float]:
     return final_metrics
 
 
-def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: str) -> dict[str, float]:
-    """One trainable actor's share of a step: log-probs, advantages, update(s), weight sync. Returns its
-    update and rollout metrics, names prefixed with `<actor>/` when the run has several actors."""
+def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: str) -> dict[str, float] | None:
+    """One trainable actor's share of a step: log-probs, advantages, update(s); its engine is synced after
+    (rltool/rollout/lifecycle.py). Returns its update and rollout metrics, names prefixed with `<actor>/` when
+    the run has several actors; None when it did not speak this step (nothing trained, nothing to sync)."""
     cfg = actor.cfg
     # ZeRO-3: forwards and steps are collective, so a rank with nothing to train on this step (a filter
     # kept none of its episodes, a schedule skipped the actor here) still joins, with one row of weight 0
     anyone = dist.max_over_ranks(len(samples)) if parallel.is_deepspeed(actor.model) else len(samples)
     if not anyone:  # it did not speak this step on any rank
         actor.scheduler.step()
-        return {}
+        return None
     rows = samples or [idle_row(actor)]
     metrics = {}
     with timer("logprobs"):
@@ -168,8 +174,6 @@ def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: 
             for _ in range(cfg.algo.iterations):
                 metrics |= optimize(actor.model, actor.optimizer, part, cfg)
         actor.scheduler.step()  # once per training step: lr_lambda counts steps, not update passes
-    with timer("sync"):
-        actor.sync()
     metrics = {k: float(v) for k, v in metrics.items()} | {"update/skipped_nonfinite": parallel.pop_skipped_nonfinite()}
     if prefix:  # the actor's own view of the step; the unprefixed rollout metrics are over every actor
         metrics |= rollout_metrics(samples) | {"perf/lr": actor.scheduler.get_last_lr()[0]}

@@ -6,8 +6,13 @@ each environment's native observation (one-hot state index; Blackjack's tuple fl
 
 Same environment, env-step budget, seed, rollout shape (envs x steps), epochs (4), minibatches (4), lr
 2.5e-4 annealed, gamma, GAE lambda 0.95, clip 0.2, entropy bonus, value 0.5, grad clip 0.5 (cleanrl's
-defaults, which both follow, with the per-environment changes in ENVS applied to both). The peer's value
-loss is unclipped (SB3 default clip_range_vf=None).
+defaults, which both follow, with the per-environment changes in ENVS applied to both). Both value losses
+are unclipped MSE (rltool's algo.ppo.value_loss=mse, SB3's clip_range_vf=None).
+
+What the peer observes (--peer-obs): `text` (the default) gives it what the description names, as one-hots
+beside the state index: each neighbouring tile's kind on FrozenLake and CliffWalking; the taxi's row and
+column, the passenger's place, the destination and the walls on Taxi (Blackjack's tuple is already all its
+text says). `index` is the bare one-hot state index, which names no neighbour.
 Both evaluate greedily on the same number of episodes. Reported per env and learner: final mean
 return, success rate, wall seconds, and seconds per env step. Needs `pip install -e '.[bench]'`.
 Numbers on a shared machine are noisy: the load average is recorded next to them.
@@ -79,7 +84,46 @@ def run_rltool(name: str, seed: int, run_dir: Path | None) -> dict:
             "wall_s": round(wall, 1), "s_per_env_step": wall / env_steps, "run_dir": str(run_dir)}
 
 
-def run_sb3(name: str, seed: int) -> dict:
+def text_features(name: str):
+    """state index -> the one-hot features of what the text environment's description says about it, or None
+    where the native observation already says it all (Blackjack)."""
+    import numpy as np
+
+    from rltool.config import EnvConfig
+    from rltool.envs.text_gym import TEXT_ENVS, cliffwalking
+
+    def one_hot(i: int, n: int) -> list[float]:
+        return [float(i == j) for j in range(n)]
+
+    if name.startswith("frozenlake"):
+        lake = TEXT_ENVS["frozenlake_text"](EnvConfig(name="frozenlake_text", map_size="4x4"))
+        kinds = ["the start", "frozen ice", "a hole", "the goal", "the edge of the lake"]
+        around = lambda r, c: [lake.tile(r + dr, c + dc) for dr, dc in MOVES]  # noqa: E731
+        cols = lake.n
+    elif name == "cliffwalking":
+        kinds = ["safe ground", "the cliff", "the start", "the goal", "the edge of the world"]
+        around = lambda r, c: [cliffwalking.tile(r + dr, c + dc) for dr, dc in MOVES]  # noqa: E731
+        cols = cliffwalking.COLS
+    elif name == "taxi":
+        taxi = TEXT_ENVS["taxi_text"](EnvConfig(name="taxi_text"))
+
+        def taxi_features(s: int) -> np.ndarray:
+            r, c, passenger, dest = taxi.env.unwrapped.decode(s)
+            walls = [float(taxi.map[r + 1, col] == b"|") for col in (2 * c + 2, 2 * c)]  # east, west
+            return np.array(one_hot(r, 5) + one_hot(c, 5) + one_hot(passenger, 5) + one_hot(dest, 4) + walls,
+                            dtype=np.float32)
+
+        return taxi_features
+    else:
+        return None
+    return lambda s: np.array([x for tile in around(*divmod(int(s), cols)) for x in one_hot(kinds.index(tile), len(kinds))],
+                              dtype=np.float32)
+
+
+MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right: the order the descriptions name them
+
+
+def run_sb3(name: str, seed: int, peer_obs: str = "text") -> dict:
     import gymnasium as gym
     import numpy as np
     try:
@@ -91,9 +135,18 @@ def run_sb3(name: str, seed: int) -> dict:
     overrides, env_id, kwargs, steps, episodes, limit = ENVS[name]
     s = ppo_overrides(overrides)
 
+    features = text_features(name) if peer_obs == "text" else None
+
     def make():
         env = gym.make(env_id, **kwargs, **({"max_episode_steps": limit} if limit else {}))
-        return gym.wrappers.FlattenObservation(env) if isinstance(env.observation_space, gym.spaces.Tuple) else env
+        if isinstance(env.observation_space, gym.spaces.Tuple):
+            return gym.wrappers.FlattenObservation(env)
+        if features is None:
+            return env
+        n = env.observation_space.n  # one-hot index, then what the description names about that state
+        space = gym.spaces.Box(0.0, 1.0, (n + len(features(0)),), np.float32)
+        return gym.wrappers.TransformObservation(
+            env, lambda s: np.concatenate([np.eye(n, dtype=np.float32)[int(s)], features(int(s))]), space)
 
     envs = make_vec_env(make, n_envs=s["num_envs"], seed=seed)
     if s["norm_reward"]:  # rltool's algo.ppo.norm_reward is this: rewards / running std of the discounted return
@@ -119,7 +172,7 @@ def run_sb3(name: str, seed: int) -> dict:
         returns.append(total)
         wins.append(terminated and (reward > 0 or name in ("cliffwalking", "taxi")))  # as the text envs count it
     return {"return": float(np.mean(returns)), "success": float(np.mean(wins)), "env_steps": model.num_timesteps,
-            "wall_s": round(wall, 1), "s_per_env_step": wall / model.num_timesteps}
+            "wall_s": round(wall, 1), "s_per_env_step": wall / model.num_timesteps, "obs": peer_obs}
 
 
 def main() -> None:
@@ -130,6 +183,8 @@ def main() -> None:
                    help="reuse a finished `rltool train` run instead of training again")
     p.add_argument("--skip-rltool", action="store_true", help="only the stable-baselines3 peer")
     p.add_argument("--skip-sb3", action="store_true", help="only rltool")
+    p.add_argument("--peer-obs", choices=["text", "index"], default="text",
+                   help="text: the state index plus what the description names (neighbouring tiles...); index: bare one-hot")
     p.add_argument("--out", default="bench_results/ppo.json", help="rows are merged into an existing file")
     args = p.parse_args()
     reuse = dict(r.split("=", 1) for r in args.rltool_run)
@@ -142,8 +197,9 @@ def main() -> None:
             row["rltool"] = run_rltool(name, args.seed, Path(reuse[name]) if name in reuse else None)
             row["rltool"]["load_avg_after"] = os.getloadavg()
         if not args.skip_sb3:
-            row["sb3"] = run_sb3(name, args.seed)
-            row["sb3"]["load_avg_after"] = os.getloadavg()
+            key = "sb3" if args.peer_obs == "text" else "sb3_index_only"
+            row[key] = run_sb3(name, args.seed, args.peer_obs)
+            row[key]["load_avg_after"] = os.getloadavg()
         print(name, json.dumps(row), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")  # after every env: a long run keeps what it finished

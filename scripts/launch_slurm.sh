@@ -6,7 +6,8 @@
 #
 # Environment: GPUS_PER_NODE (default: SLURM_GPUS_ON_NODE or 8), MASTER_PORT (29500), RUN_DIR (shared by all
 # machines: checkpoints hold every rank's DeepSpeed shard, so it must be on a filesystem they all see),
-# RLTOOL_HARDWARE (multinode), ACCELERATE (accelerate).
+# RLTOOL_HARDWARE (multinode), ACCELERATE (accelerate). Global rank 0 claims RUN_DIR once, before the other ranks
+# read it (one holding another run: every rank writes to RUN_DIR-2); to continue a run, pass resume=$RUN_DIR.
 #SBATCH --job-name=rltool
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1

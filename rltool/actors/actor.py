@@ -49,8 +49,7 @@ class Actor:
         return Sampling(n=n, temperature=r.temperature, top_p=r.top_p, max_new_tokens=max_new_tokens or r.max_new_tokens)
 
     def sync(self) -> None:
-        """Push the trainer's new weights into this actor's engine."""
-        self.engine.wake()
+        """Push the trainer's new weights into this actor's engine (awake: rltool/rollout/lifecycle.py)."""
         sync_weights(self.engine, self.model)
 
     def close(self) -> None:

@@ -74,7 +74,11 @@ class TokenEncoder(nn.Module):
         special = batch.pop("special_tokens_mask")[0].bool()  # (T,)
         out = self.frozen[0](**{k: v.to(self.device) for k, v in batch.items()}, output_hidden_states=True)
         hidden = out.hidden_states[self.boundary][0]  # (T, H)
-        return hidden, (torch.ones_like(special) if self.keep_special else ~special)
+        poolable = torch.ones_like(special) if self.keep_special else ~special  # (T,) on the CPU: no device sync
+        if not poolable.any():  # the pooling's softmax over no token would be nan, and so every logit and value
+            raise ValueError(f"text {text!r}: no token to read (empty, or only special tokens); descriptions and "
+                             "actions need at least one word")
+        return hidden, poolable
 
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         items = (self.cache.get_many(texts, self._frozen) if self.cache.max_size else self._frozen(texts))

@@ -76,10 +76,13 @@ class Scored:
     parts: dict
 
 
-def score_completions(ctx: RolloutContext, completions: list[Completion], examples: list[Example]) -> list[Scored]:
-    """All of a step's completions in one Scorer call: batched rewards (TRL-style, judges) see them at once."""
+def score_completions(ctx: RolloutContext, completions: list[Completion], examples: list[Example],
+                      **context) -> list[Scored]:
+    """All of a step's completions in one Scorer call: batched rewards (TRL-style, judges) see them at once.
+    context: conversations=, actors= (multi-actor environments), aligned with `completions`."""
     a = ctx.cfg.algo
-    scores = ctx.scorer.score_batch([c.text for c in completions], examples, [len(c.token_ids) for c in completions])
+    scores = ctx.scorer.score_batch([c.text for c in completions], examples, [len(c.token_ids) for c in completions],
+                                    **context)
     penalties = overlong_penalty(torch.tensor([len(c.token_ids) for c in completions], dtype=torch.long),
                                  ctx.cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty).tolist()
     return [Scored(None if s.reward is None else s.reward + p, s.success, s.feedback, s.parts)
@@ -136,6 +139,9 @@ class GroupRollout:
     extra rounds of fresh prompts refill the batch; if still short, the step trains on fewer groups
     (logged as rollout/groups) rather than looping forever.
     """
+
+    plays = ("single_turn", "multi_actor")
+    """The kinds of env episode it drives (an env's `episodes`): multi-actor envs through their `play`."""
 
     def __init__(self, ctx: RolloutContext):
         self.ctx = ctx

@@ -47,7 +47,9 @@ def clipped_value_loss(value: Tensor, old_value: Tensor, returns: Tensor, p: Val
 
     PPO2's value clipping (cleanrl ppo.py, clip_vloss): the clip is on V's move away from the rollout's
     old value, not on V - R. The max keeps the pessimistic term, so V gets no gradient once it has moved
-    past eps in the direction that reduces the error.
+    past eps in the direction that reduces the error. eps is in return units: with returns in the hundreds
+    (unnormalised rewards) V can follow only about eps a rollout, so mse is the default (as SB3, which has
+    no value clip); clipped suits algo.ppo.norm_reward=true, where returns are near 1.
     """
     _check_shapes(value, old_value, returns)
     v_clipped = old_value + torch.clamp(value - old_value, -p.clip, p.clip)  # (B,)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import zlib
 
-from jinja2 import Environment, StrictUndefined
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
 
 from rltool.config import ConfigError, EnvConfig
 from rltool.envs import register_env
@@ -36,26 +37,49 @@ DEFAULT_PROMPTS = {
 FALLBACK_PROMPT = "You are {{ name }}, working on a problem together with {{ others }}. End with the final answer after '####'."
 
 
+JINJA = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+"""Renders env.system_prompts: sandboxed, since a template from a config must not run code."""
+
+
+def system_prompt(cfg: EnvConfig, actor: str, actors: list[str], question: str, meta: dict) -> str:
+    """Actor `actor`'s system prompt: its Jinja2 template (env.system_prompts) over the problem, never its answer.
+    Rendered sandboxed: a template comes from a config, so it may not reach Python internals (`__class__`,
+    `__globals__`, ...): jinja2's SecurityError, like a typo, is one ConfigError line naming the key."""
+    template = cfg.system_prompts.get(actor) or DEFAULT_PROMPTS.get(actor, FALLBACK_PROMPT)
+    others = " and ".join(a for a in actors if a != actor) or "nobody"
+    try:
+        return JINJA.from_string(template).render(question=question, name=actor.capitalize(), others=others.title(),
+                                                  actors=actors, meta=meta)
+    except (TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError) as e:
+        raise ConfigError(f"env.system_prompts.{actor}: {type(e).__name__}: {e}") from None
+
+
 class CollabEnv(OnTask):
     """A single-turn task's problems, played as a conversation between actors."""
 
     columns = ("conversation", "actor")
     """Offered to rewards besides the problem's own: the whole dialogue and the actor being scored."""
+    episodes = "multi_actor"
+    """Played by its own `play` (rltool validate refuses a rollout that does not drive it)."""
 
-    def __init__(self, cfg: EnvConfig, name: str, task: str):
-        super().__init__(cfg, name, task)
-        self._jinja = Environment(undefined=StrictUndefined, autoescape=False)
+    @classmethod
+    def check_config(cls, cfg: EnvConfig, actors: list[str]) -> None:
+        """Before any model loads: the round-spec and answer_from name actors, and every system prompt renders
+        in the sandbox (a problem's meta keys are unknown here: those are checked at the first rollout)."""
+        parse(cfg.round_spec, actors)  # RoundSpecError names the position
+        if cfg.answer_from not in ("last", *actors):
+            raise ConfigError(f"env.answer_from={cfg.answer_from!r}: must be last or an actor ({', '.join(actors)})")
+        for actor in dict.fromkeys([*actors, *cfg.system_prompts]):
+            try:
+                system_prompt(cfg, actor, actors, "What is 2 + 3?", {})
+            except ConfigError as e:
+                if "UndefinedError" not in str(e):
+                    raise
 
     # ---- conversations ----
     def opening(self, example: Example, actor: str, actors: list[str]) -> list[dict]:
-        """Actor `actor`'s system prompt (Jinja2 over the problem, never its answer) and the task."""
-        template = self.cfg.system_prompts.get(actor) or DEFAULT_PROMPTS.get(actor, FALLBACK_PROMPT)
-        others = " and ".join(a for a in actors if a != actor) or "nobody"
-        try:
-            system = self._jinja.from_string(template).render(question=example.question, name=actor.capitalize(),
-                                                              others=others.title(), actors=actors, meta=example.meta)
-        except Exception as e:  # a typo in a user's template: name it
-            raise ConfigError(f"env.system_prompts.{actor}: {type(e).__name__}: {e}") from None
+        """Actor `actor`'s system prompt and the task."""
+        system = system_prompt(self.cfg, actor, actors, example.question, example.meta)
         task = [m for m in self.task.messages(example) if m["role"] != "system"]
         return [{"role": "system", "content": system}] + task
 
@@ -95,21 +119,23 @@ class CollabEnv(OnTask):
                     for conv in conversations]
         answers = [self.answer(c) for c in conversations]
         learners = [n for n, a in ctx.actors.items() if a.trainable]
-        flat = [(i, n) for i in range(len(conversations)) for n in learners]
-        scores = ctx.scorer.score_batch([answers[i].text for i, _ in flat], [rows[i] for i, _ in flat],
-                                        [len(answers[i].token_ids) for i, _ in flat],
-                                        conversations=[dialogue[i] for i, _ in flat], actors=[n for _, n in flat])
+        scores = score_episodes(ctx, answers, rows, dialogue, learners)
         samples = []
-        for (i, name), score in zip(flat, scores):
-            prompt, completion, mask, logp = conversations[i].views[name].trajectory()
-            if not any(mask):  # this actor never spoke in this conversation: nothing of its own to train
-                continue
-            samples.append(Sample(prompt_ids=prompt, completion_ids=completion, sample_logp=logp,
-                                  group=groups[i // G], reward=score.reward, success=score.success,
-                                  feedback=score.feedback, text=answers[i].text, example_id=rows[i].id,
-                                  truncated=conversations[i].ended_early or answers[i].truncated,
-                                  completion_mask=mask, actor=name,
-                                  info={"reward_parts": score.parts, "schedule": conversations[i].schedule}))
+        for i, conversation in enumerate(conversations):
+            for name in learners:
+                prompt, completion, mask, logp = conversation.views[name].trajectory()
+                if not any(mask):  # this actor never spoke in this conversation: nothing of its own to train
+                    continue
+                score = scores[i][name]
+                # DAPO's overlong mask: the actor's own turn was cut at max_new_tokens, or the context ran out
+                cut = conversation.ended_early or any(c.truncated for who, c in conversation.turns if who == name)
+                samples.append(Sample(prompt_ids=prompt, completion_ids=completion, sample_logp=logp,
+                                      group=groups[i // G], reward=score.reward, success=score.success,
+                                      feedback=score.feedback, text=answers[i].text, example_id=rows[i].id,
+                                      truncated=conversation.ended_early or answers[i].truncated,
+                                      completion_mask=mask, actor=name,
+                                      loss_weight=0.0 if cfg.algo.overlong_mask and cut else 1.0,
+                                      info={"reward_parts": score.parts, "schedule": conversation.schedule}))
         return samples
 
     def answers(self, actors: dict, examples: list[Example], cfg) -> list[Completion]:
@@ -123,6 +149,23 @@ class CollabEnv(OnTask):
     def _check_answer_from(self, names: list[str]) -> None:
         if self.cfg.answer_from != "last" and self.cfg.answer_from not in names:
             raise ConfigError(f"env.answer_from={self.cfg.answer_from!r}: must be last or an actor ({', '.join(names)})")
+
+
+def score_episodes(ctx, answers: list[Completion], rows: list[Example], dialogue: list[list[dict]],
+                   learners: list[str]) -> list[dict]:
+    """Each conversation's score, per trainable actor, in one Scorer call (DAPO's overlong penalty on the
+    answer's length included). The team's answer is scored once per conversation: a judge runs once and
+    teammates share one reward. Only when a reward reads `actor` (by name, or through **kwargs) is each
+    conversation scored once per trainable actor, every reward of the run then included."""
+    from rltool.algos.rollouts import score_completions  # here: rltool.algos imports rltool.envs
+
+    if not any("actor" in r.params or r.var_kw for r in ctx.scorer.rewards.values()):
+        team = score_completions(ctx, answers, rows, conversations=dialogue)
+        return [dict.fromkeys(learners, s) for s in team]
+    flat = [(i, n) for i in range(len(answers)) for n in learners]
+    scored = iter(score_completions(ctx, [answers[i] for i, _ in flat], [rows[i] for i, _ in flat],
+                                    conversations=[dialogue[i] for i, _ in flat], actors=[n for _, n in flat]))
+    return [{n: next(scored) for n in learners} for _ in answers]
 
 
 @register_env("collab")

@@ -5,10 +5,12 @@
 actor `policy` both roles are the same model (parallel thinking with self-aggregation); with
 `actors=drafter_combiner env.drafter=drafter env.combiner=combiner` they are two models.
 
-Rewards: the combiner's answer is scored with the run's reward. A draft gets its own score plus
-`env.draft_share` x its attempt's combiner reward (credit for helping the final answer). A draft
-without a parsable final answer gets `env.draft_format_reward` as its own score; it is still kept,
-trained on and shown to the combiner (Actors silently dropped drafts missing `</think>`).
+Rewards: the combiner's answer and each draft are scored with the run's reward (DAPO's overlong
+penalty and mask included). A draft gets its own score plus `env.draft_share` x its attempt's
+combiner reward (credit for helping the final answer); a draft or answer the reward could not score
+leaves the draft unscored. A draft without a '####' final answer gets `env.draft_format_reward`
+added; it is still kept, trained on and shown to the combiner (Actors silently dropped drafts
+missing `</think>`).
 Groups: per problem, the G x K drafts are one group and the G combiner answers another, so each role
 is compared with itself even when one model plays both.
 """
@@ -31,6 +33,16 @@ COMBINE = ("Here are {k} draft solutions to the problem above, possibly wrong:\n
 
 class ParallelEnv(OnTask):
     """A single-turn task's problems, each answered from K drafts by a combiner (a draft's prompt: the task)."""
+
+    episodes = "multi_actor"
+    """Played by its own `play` (rltool validate refuses a rollout that does not drive it)."""
+
+    @classmethod
+    def check_config(cls, cfg: EnvConfig, actors: list[str]) -> None:
+        """Before any model loads: env.drafter and env.combiner are actors."""
+        for role in ("drafter", "combiner"):
+            if getattr(cfg, role) not in actors:
+                raise ConfigError(f"env.{role}={getattr(cfg, role)!r}: not an actor; actors: {', '.join(actors)}")
 
     def combine_messages(self, example: Example, drafts: list[Completion]) -> list[dict]:
         shown = "\n\n".join(f"Draft {i + 1}:\n{d.text.strip()}" for i, d in enumerate(drafts))
@@ -67,40 +79,48 @@ class ParallelEnv(OnTask):
         return out
 
     def play(self, ctx, examples: list[Example], ids) -> list[Sample]:
+        from rltool.algos.rollouts import score_completions  # here: rltool.algos imports rltool.envs
+
         G = ctx.cfg.trainer.group_size
         drafter, combiner = self.roles(ctx.actors)
         attempts = self.attempts(ctx.actors, examples, G, drafter.sampling(), combiner.sampling(),
                                  ctx.cfg.rollout.max_prompt_len)
         draft_groups = {e.id: ids.take() for e in examples}
         answer_groups = {e.id: ids.take() for e in examples}
-        texts, rows, lengths = [], [], []  # one Scorer call: every answer, then every draft
-        for e, _, drafts, _, answer in attempts:
-            texts.append(answer.text), rows.append(e), lengths.append(len(answer.token_ids))
-        for e, _, drafts, _, _ in attempts:
-            for d in drafts:
-                texts.append(d.text), rows.append(e), lengths.append(len(d.token_ids))
-        scores = ctx.scorer.score_batch(texts, rows, lengths)
+        # one Scorer call (DAPO's overlong penalty on each completion's own length): every answer, then every draft
+        completions = [a[-1] for a in attempts] + [d for a in attempts for d in a[2]]
+        rows = [a[0] for a in attempts] + [a[0] for a in attempts for _ in a[2]]
+        scores = score_completions(ctx, completions, rows)
         answer_scores, draft_scores = scores[:len(attempts)], iter(scores[len(attempts):])
+        masked = lambda c: ctx.cfg.algo.overlong_mask and c.truncated  # noqa: E731  DAPO's overlong mask
         samples = []
         for (e, prompt, drafts, combine_prompt, answer), a in zip(attempts, answer_scores):
-            team = a.reward or 0.0
             if combiner.trainable:
                 samples.append(Sample(prompt_ids=combine_prompt, completion_ids=answer.token_ids, sample_logp=answer.logp,
                                       group=answer_groups[e.id], reward=a.reward, success=a.success, feedback=a.feedback,
                                       text=answer.text, truncated=answer.truncated, example_id=e.id,
-                                      actor=combiner.name, info={"reward_parts": a.parts, "role": "combiner"}))
+                                      loss_weight=0.0 if masked(answer) else 1.0, actor=combiner.name,
+                                      info={"reward_parts": a.parts, "role": "combiner"}))
             for d in drafts:
                 s = next(draft_scores)
                 formatted = (call_reward(REWARDS["format"], d.text, e)[0] or 0) > 0
-                own = (s.reward if s.reward is not None else None) if formatted else self.cfg.draft_format_reward
-                reward = None if own is None else own + self.cfg.draft_share * team
                 if drafter.trainable:
                     samples.append(Sample(prompt_ids=prompt, completion_ids=d.token_ids, sample_logp=d.logp,
-                                          group=draft_groups[e.id], reward=reward, success=s.success, text=d.text,
-                                          truncated=d.truncated, example_id=e.id, actor=drafter.name,
+                                          group=draft_groups[e.id], reward=self.draft_reward(s.reward, formatted, a.reward),
+                                          success=s.success, text=d.text, truncated=d.truncated, example_id=e.id,
+                                          loss_weight=0.0 if masked(d) else 1.0, actor=drafter.name,
                                           first_attempt=drafter.name != combiner.name,  # reward/mean: the answers
-                                          info={"role": "draft", "formatted": formatted}))
+                                          info={"role": "draft", "formatted": formatted,
+                                                "reward_parts": s.parts}))
         return samples
+
+    def draft_reward(self, own: float | None, formatted: bool, team: float | None) -> float | None:
+        """The run's reward of the draft, env.draft_format_reward added when it has no '####' final answer, plus
+        env.draft_share x its attempt's answer reward. Unscored (None) when the draft or, with a share, the
+        answer could not be scored: an unknown team reward is not a 0."""
+        if own is None or (team is None and self.cfg.draft_share):
+            return None
+        return own + (0.0 if formatted else self.cfg.draft_format_reward) + self.cfg.draft_share * (team or 0.0)
 
     def answers(self, actors: dict, examples: list[Example], cfg) -> list[Completion]:
         """Eval: K drafts sampled with a fixed seed (greedy drafts would all be the same), a greedy answer."""

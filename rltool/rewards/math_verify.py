@@ -5,7 +5,8 @@ for answers that are not plain integers. math_verify is imported inside the func
 in sympy (~0.36 s), which `rltool validate` should not pay for.
 
 Limit: math_verify bounds parse/verify time with signal.alarm, which works only on the main
-thread; calling this reward from a worker thread raises ValueError.
+thread; calling this reward from a worker thread raises ValueError. Its `signal.alarm(0)` does not
+cancel rltool's own reward deadline (a timer thread, rltool/rewards/runner.py).
 """
 from __future__ import annotations
 

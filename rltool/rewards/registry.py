@@ -12,7 +12,8 @@ from what is known about the completion being scored (the signature is read once
 
 It returns `float | None`, or `(value, feedback_text)`. `None` means "could not score": the caller
 drops that sample from the group baseline instead of pretending it earned 0 (a silent 0 is a wrong
-gradient). The three forms:
+gradient). Any other return (a string, nan, 1e39: see rltool/rewards/values.py) leaves the row
+unscored too, with the reason kept. The three forms:
 
     @reward("exact")                      # one completion at a time
     def exact(completion, answer): return float(completion.strip() == answer)
@@ -35,7 +36,6 @@ A feedback function `(completion, example) -> str` writes the text that ERL refl
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Collection, Optional, Sequence, Union
@@ -43,6 +43,7 @@ from typing import Any, Callable, Collection, Optional, Sequence, Union
 from rltool.config import ConfigError
 from rltool.envs.base import Example
 from rltool.registry import Registry
+from rltool.rewards.values import Value, batch_values, feedback_value, reward_value
 
 RewardValue = Union[Optional[float], tuple[Optional[float], str]]
 RewardFn = Callable[..., Any]
@@ -104,9 +105,11 @@ class Reward:
     """The historical `(completion, example)` form, called positionally."""
     spelled: tuple[str, ...] = ()
     """The parameter names as written (what the call passes)."""
+    feedback: bool = False
+    """A feedback function: it returns text, not a number."""
 
     @classmethod
-    def of(cls, name: str, fn: Callable, batched: bool = False) -> "Reward":
+    def of(cls, name: str, fn: Callable, batched: bool = False, feedback: bool = False) -> "Reward":
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError) as e:
@@ -117,7 +120,8 @@ class Reward:
         known = {*FIXED, *COLUMNS, *CONTEXT, *PLURAL}
         if not var_kw and len(named) == 2 and all(p.default is p.empty for p in named) \
                 and not {p.name for p in named} & known and not batched:
-            return cls(name, fn, ("completion", "example"), frozenset(("completion", "example")), positional=True)
+            return cls(name, fn, ("completion", "example"), frozenset(("completion", "example")), positional=True,
+                       feedback=feedback)
         for p in named:
             if p.kind is p.POSITIONAL_ONLY:
                 raise ConfigError(f"reward {name!r} ({where(fn)}): parameter {p.name!r} is positional-only; "
@@ -129,14 +133,14 @@ class Reward:
             raise ConfigError(f"reward {name!r} ({where(fn)}): takes both the singular and the plural of a name "
                               f"({', '.join(spelled)}); use one")
         required = frozenset(PLURAL.get(p.name, p.name) for p in named if p.default is p.empty)
-        return cls(name, fn, params, required, batched, var_kw, False, spelled)
+        return cls(name, fn, params, required, batched, var_kw, False, spelled, feedback)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The function itself, as before registration: `REWARDS["x"](completion, example)` still works."""
         return self.fn(*args, **kwargs)
 
     def describe(self) -> str:
-        return f"reward {self.name!r} ({where(self.fn)})"
+        return f"{'feedback' if self.feedback else 'reward'} {self.name!r} ({where(self.fn)})"
 
     def check(self, available: Collection[str]) -> None:
         """ConfigError naming the function and what it asks for that rows do not have."""
@@ -146,14 +150,15 @@ class Reward:
                               f"{', '.join(map(repr, missing))} cannot be filled from the row; "
                               f"available: {', '.join(sorted(set(available)))}")
 
-    def score(self, rows: Sequence[Row]) -> list[tuple[Optional[float], str]]:
-        """(value, feedback) per row; one call for a batched function, one per row otherwise."""
+    def score(self, rows: Sequence[Row]) -> list[Value]:
+        """(value, feedback, bad) per row; one call for a batched function, one per row otherwise.
+        A return that is no reward leaves the row unscored with the reason in `bad` (values.py)."""
         if not rows:
             return []
         if self.positional:
-            return [normalise(self.run(r.completion, r.example), self) for r in rows]
+            return [self.value(self.run(r.completion, r.example)) for r in rows]
         if not self.batched:
-            return [normalise(self.run(**self.kwargs(r.values())), self) for r in rows]
+            return [self.value(self.run(**self.kwargs(r.values()))) for r in rows]
         tables = [r.values() for r in rows]
         for t, r in zip(tables, rows):
             if self.trl_style and isinstance(t["prompt"], list):  # TRL's conversational form
@@ -165,14 +170,13 @@ class Reward:
             raise ConfigError(f"{self.describe()}: the rows of one batch differ in columns it takes "
                               f"({', '.join(sorted(used))}); a batched reward needs them in every row")
         out = self.run(**self.kwargs({k: [t[k] for t in tables] for k in tables[0] if k in common}, batched=True))
-        try:
-            n = len(out)
-        except TypeError:
-            raise ConfigError(f"{self.describe()}: returned {type(out).__name__}, expected a list of "
-                              f"{len(rows)} values (one per completion)") from None
-        if n != len(rows):
-            raise ConfigError(f"{self.describe()}: returned {n} values for {len(rows)} completions")
-        return [normalise(v, self) for v in out]
+        values, bad = batch_values(out, len(rows))
+        if values is None:
+            return [(None, "", bad)] * len(rows)
+        return [self.value(v) for v in values]
+
+    def value(self, out: Any) -> Value:
+        return feedback_value(out) if self.feedback else reward_value(out)
 
     @property
     def trl_style(self) -> bool:
@@ -193,11 +197,13 @@ class Reward:
         return call
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the function; an exception keeps its type in the message and the function's name."""
+        """Call the function; an exception keeps its type in the message and the function's name.
+        sys.exit() in a reward is an error of that call, not the end of the training process."""
         try:
             return self.fn(*args, **kwargs)
-        except Exception as e:  # re-raised, never swallowed: a failed reward must not become a 0
-            raise RuntimeError(f"reward {self.name!r} raised {type(e).__name__}: {e}") from e
+        except (Exception, SystemExit) as e:  # re-raised, never swallowed: a failed reward must not become a 0
+            kind = "feedback" if self.feedback else "reward"
+            raise RuntimeError(f"{kind} {self.name!r} raised {type(e).__name__}: {e}") from e
 
 
 def where(fn: Callable) -> str:
@@ -207,19 +213,6 @@ def where(fn: Callable) -> str:
     if code is None:
         return label
     return f"{label} in {code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}"
-
-
-def normalise(out: Any, r: Reward) -> tuple[Optional[float], str]:
-    """The two return shapes to (value, feedback); feedback is '' when absent."""
-    value, text = out if isinstance(out, tuple) else (out, "")
-    if value is None:
-        return None, text
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{r.describe()}: returned {value!r}; expected a number, None or (number, feedback)") from None
-    # nan or inf cannot be scored: one inf reward makes every advantage, gradient and weight nan
-    return (value if math.isfinite(value) else None), text
 
 
 REWARDS: Registry[Reward] = Registry("reward")
@@ -239,6 +232,11 @@ def feedback(name: str) -> Callable[[FeedbackFn], FeedbackFn]:
     return FEEDBACK.register(name)
 
 
+def feedback_entry(name: str) -> Reward:
+    """A registered feedback function, called like a reward (by parameter name) but returning text."""
+    return Reward.of(name, FEEDBACK[name], feedback=True)
+
+
 @lru_cache(maxsize=256)
 def _adhoc(fn: Callable) -> Reward:
     return Reward.of(getattr(fn, "__name__", "reward"), fn)
@@ -250,11 +248,13 @@ def as_reward(fn: Union[Reward, Callable]) -> Reward:
 
 
 def call_reward(fn: Union[Reward, Callable], completion: str, example: Example, **context: Any) -> tuple[Optional[float], str]:
-    """One completion's (value, feedback) from a registry entry or a plain function.
+    """One completion's (value, feedback) from a registry entry or a plain function, in this process
+    with no deadline (a run scores through rltool/rewards/runner.py); a return that is no reward is None.
 
     context: prompt=, conversation=, actor= (see Row); a batched function gets lists of one.
     """
-    return as_reward(fn).score([Row(completion, example, **context)])[0]
+    value, text, _ = as_reward(fn).score([Row(completion, example, **context)])[0]
+    return value, text
 
 
 _LOADED: dict[str, tuple[str, ...]] = {}

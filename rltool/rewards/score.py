@@ -10,22 +10,33 @@ passes `columns` (`validate_reward_config(cfg, columns)`, `Scorer(cfg, n, column
 otherwise when a row lacks one, at the first call that meets it. Either way it is one ConfigError
 line naming the function, the missing parameter and the names available.
 
-A reward that raises, overruns `reward.timeout_s`, or returns None, nan or inf leaves that sample
-unscored (rltool/rewards/runner.py) and is counted per function: `step_metrics()` returns
+A reward (or feedback function) that raises, overruns `reward.timeout_s`, or returns None or
+anything that is not a reward (a string, nan, 1e39: values.py) leaves that sample unscored
+(rltool/rewards/runner.py) and is counted per function: `step_metrics()` returns
 `reward/failed/<name>` (samples) and `reward/failed_frac/<name>` (share of the step's calls) once per
-step, and `last_error[name]` keeps the latest error text for the run's warning or abort line.
+step, and `last_error[name]` keeps the latest reason for the run's warning (rltool/logs.py Tally,
+printed by rank 0 with every rank's reasons: `errors_over_ranks`) or abort line (rltool/guard.py).
+
+Each scoring call is the reward phase, with its own deadline `reward.phase_timeout_s`: the rows not
+scored by then are unscored, and the enclosing phase's deadline (`generate`, rollout.timeout_s) does
+not count the time (rltool/watchdog.py `clock`). A reward the deadline cannot interrupt (C code that
+ignores signals) stops the run soon after, naming the reward phase.
 """
 from __future__ import annotations
 
-import os
+import time
 from dataclasses import dataclass
 from typing import Any, Collection, Optional, Sequence
 
 from rltool.config import ConfigError, EnvConfig, RewardConfig
 from rltool.envs.base import Example
 from rltool.registry import Registry
-from rltool.rewards.registry import COLUMNS, FEEDBACK, FIXED, REWARDS, Row, load_reward_module
+from rltool.rewards.registry import COLUMNS, FEEDBACK, FIXED, REWARDS, Row, feedback_entry, load_reward_module
 from rltool.rewards.runner import RewardRunner
+from rltool.watchdog import clock
+
+GRACE_S = 30.0
+"""After reward.phase_timeout_s, how long a call that ignores its deadline has before the run stops."""
 
 
 @dataclass
@@ -88,15 +99,14 @@ class Scorer:
         self.terms = [(t.name, t.weight) for t in cfg.terms]
         self.rewards = {name: REWARDS[name] for name in dict.fromkeys([t.name for t in cfg.terms] + [cfg.success])}
         self.success_name = cfg.success
-        self.feedback_fn = FEEDBACK[cfg.feedback] if cfg.feedback is not None else None
+        self.feedback = feedback_entry(cfg.feedback) if cfg.feedback is not None else None
         self.length_penalty = cfg.length_penalty
         self.max_new_tokens = max_new_tokens
         self.runner = RewardRunner(cfg.timeout_s, cfg.workers, cfg.module)
+        self.phase_timeout_s = cfg.phase_timeout_s
         self.failed: dict[str, int] = {}  # name -> unscored samples since the last step_metrics()
         self.calls: dict[str, int] = {}
-        self.last_error: dict[str, str] = {}
-        self.warned: set[str] = set()
-        self.say = os.environ.get("RANK", "0") == "0"  # launched ranks all score; the first says it
+        self.last_error: dict[str, str] = {}  # name -> the latest reason it left a sample unscored
 
     def step_metrics(self) -> dict[str, float]:
         """`reward/failed/<name>` and `reward/failed_frac/<name>` since the last call (every reward
@@ -107,6 +117,20 @@ class Scorer:
             out[f"reward/failed_frac/{name}"] = self.failed.get(name, 0) / max(calls, 1)
         self.failed, self.calls = {}, {}
         return out
+
+    def errors_over_ranks(self, metrics: dict[str, float]) -> dict[str, str]:
+        """`last_error` of every rank (rank 0's first), for the rewards failing anywhere in the combined
+        step `metrics`. A collective when a count is > 0: every rank has the same combined counts, so
+        every rank joins it or none does."""
+        if not any(v > 0 for k, v in metrics.items() if k.startswith("reward/failed/")):
+            return dict(self.last_error)
+        from rltool import dist  # here: this package imports no torch (reward workers start fast)
+
+        merged: dict[str, str] = {}
+        for errors in dist.all_gather_objects(self.last_error):
+            for name, error in errors.items():
+                merged.setdefault(name, error)
+        return merged
 
     def close(self) -> None:
         """Stops reward worker processes (reward.workers > 0); in-process scoring has nothing to stop."""
@@ -138,7 +162,16 @@ class Scorer:
         return self.score_rows(rows, num_tokens)
 
     def score_rows(self, rows: Sequence[Row], num_tokens: Sequence[int]) -> list[Score]:
-        results = {name: self._run(name, r, rows) for name, r in self.rewards.items()}  # name -> [(value, text)] per row
+        phase, until = self.phase_timeout_s, None
+        grace = min(GRACE_S, phase)
+        # the reward phase's own deadline: past it, rows are left unscored (`until`); a call that cannot be
+        # interrupted stops the run `grace` later, naming this phase, not the enclosing one
+        with clock("reward", None, phase + grace if phase > 0 else 0,
+                   f"reward.phase_timeout_s={phase:g}, then {grace:g} s for a reward that ignored it"):
+            if phase > 0:
+                until = time.monotonic() + phase
+            results = {name: self._run(name, r, rows, until)[0] for name, r in self.rewards.items()}  # [(value, text)]
+            feedback = self._run(self.feedback.name, self.feedback, rows, until) if self.feedback is not None else None
         scores = []
         for i, (row, tokens) in enumerate(zip(rows, num_tokens)):
             values = [results[name][i][0] for name, _ in self.terms]
@@ -146,28 +179,32 @@ class Scorer:
             if all(v is not None for v in values):
                 shaped = sum(w * v for (_, w), v in zip(self.terms, values))
                 shaped -= self.length_penalty * tokens / self.max_new_tokens
-            success_value, success_text = results[self.success_name][i]
-            text = self.feedback_fn(row.completion, row.example) if self.feedback_fn is not None else success_text
+            success_value, text = results[self.success_name][i]
+            if feedback is not None:
+                texts, reasons = feedback
+                text = texts[i][1]
+                if reasons[i] is not None:  # no feedback to reflect on: the row is unscored
+                    shaped = None
             scores.append(Score(reward=shaped, success=1.0 if success_value is not None and success_value > 0 else 0.0,
                                 feedback=text, parts={name: results[name][i][0] for name in self.rewards}))
         return scores
 
+    def values(self, name: str, rows: Sequence[Row]) -> list[Optional[float]]:
+        """Any registered reward's raw value per row, isolated and counted like the terms (eval's measures)."""
+        return [value for value, _ in self._run(name, REWARDS[name], rows, None)[0]]
 
-    def _run(self, name: str, r, rows: Sequence[Row]) -> list[tuple[Optional[float], str]]:
-        out, failed, error = self.runner.call(r, rows)
-        unscored = sum(v is None for v, _ in out)  # raised or timed out, or returned None / nan / inf
+    def _run(self, name: str, r, rows: Sequence[Row], until: Optional[float]) -> tuple[list, list[Optional[str]]]:
+        """[(value, text)] and the reasons of the failed rows (runner.call), counted under `name`."""
+        out, reasons = self.runner.call(r, rows, until)
+        unscored = sum(v is None for v, _ in out) if not r.feedback else sum(w is not None for w in reasons)
         self.calls[name] = self.calls.get(name, 0) + len(rows)
-        self.failed[name] = self.failed.get(name, 0) + unscored
+        self.failed[name] = self.failed.get(name, 0) + unscored  # raised, timed out, returned None or no reward
+        error = next((w for w in reasons if w is not None), None)  # the call's first reason
         if error is not None:
             self.last_error[name] = error
-        elif unscored > failed:
-            self.last_error.setdefault(name, "returned None, nan or inf")
-        if unscored and name not in self.warned:
-            self.warned.add(name)
-            if self.say:
-                print(f"warning: reward {name!r} could not score {unscored} of {len(rows)} samples "
-                      f"({self.last_error[name]}); they are unscored, counted in reward/failed/{name} (printed once)")
-        return out
+        elif unscored:
+            self.last_error.setdefault(name, "returned None (could not score)")
+        return out, reasons
 
 
 def reward_metrics(scores: Sequence[Score]) -> dict[str, float]:

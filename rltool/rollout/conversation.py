@@ -90,10 +90,13 @@ class ChatView:
         message = {"role": "assistant", "content": c.text}
         before = self.rendered + self._extend_text(None, True)  # what `ids` holds up to the generation
         full = render(self.tokenizer, self.messages + [message], False)
-        if not full.startswith(before + c.text):
+        # Llama 3.x templates write every message as `content | trim`: a turn that began or ended with
+        # whitespace renders without it. The ids stay the engine's; the glue after them is the template's.
+        shown = next((t for t in (c.text, c.text.strip()) if full.startswith(before + t)), None)
+        if shown is None:
             raise TemplateError(f"actor {self.actor}: the chat template does not render an assistant turn as the "
                                 "generation prompt followed by the generated text")
-        close = full[len(before) + len(c.text):]
+        close = full[len(before) + len(shown):]
         # A turn that stopped on a special token (EOS, <|eot_id|>) holds the start of the close itself.
         stop = c.token_ids[-1] if c.token_ids and not c.truncated else None
         if stop in self.tokenizer.all_special_ids and close.startswith(self.tokenizer.decode([stop])):

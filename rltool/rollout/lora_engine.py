@@ -78,6 +78,11 @@ class AdapterView:
     def prompt_logprobs(self, prompt: list[int], completion: list[int]) -> list[float]:
         return self.engine.prompt_logprobs(prompt, completion, lora=self.request)
 
+    @property
+    def base(self):
+        """The shared engine: it sleeps and wakes once for all its views (rltool/rollout/lifecycle.py)."""
+        return self.engine
+
     def load_adapter(self, model) -> None:
         """Serve `model`'s current adapter from now on (called by `sync_weights` after each update)."""
         from vllm.lora.request import LoRARequest

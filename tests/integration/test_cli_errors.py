@@ -126,13 +126,16 @@ def test_cpu_profiles_validate_with_a_dividing_batch(overrides, batch):
     (False, ["hardware=cpu_zero3"], "saved by a one process run, resumed as ZeRO-3"),
 ])
 def test_resume_across_launch_kinds_is_one_line(tmp_path, zero3_checkpoint, overrides, message):
+    import torch
+
     step = tmp_path / "checkpoints" / "step_000002"  # what ckpt.save_checkpoint leaves, minus the weights
-    step.mkdir(parents=True)
-    (step / "trainer_state.pt").write_bytes(b"")
+    (step / "model").mkdir(parents=True)
+    (step / "model" / "config.json").write_text("{}")
+    torch.save({"step": 2}, step / "trainer_state.pt")
     if zero3_checkpoint:
         (step / "zero").mkdir()
     else:
-        (step / "optimizer.pt").write_bytes(b"")
+        torch.save({}, step / "optimizer.pt")
     (tmp_path / "checkpoints" / "latest").write_text("step_000002\n")
     proc = rltool("train", *overrides, f"resume={tmp_path}", check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 REWARDS = '''
 from rltool.rewards import reward
 
-@reward("always_raises")
-def always_raises(completion, answer):
-    raise ValueError("judge unreachable")
+@reward("always_bad")  # a string is not a reward (float("1e39") would even parse, as inf in float32)
+def always_bad(completion, answer):
+    return "1e39"
 '''
 
 
@@ -26,15 +26,17 @@ def test_a_reward_failing_every_step_stops_the_run_after_a_checkpoint(tmp_path):
     module.write_text(REWARDS)
     run = tmp_path / "run"
     proc = rltool("train", *TINY, "trainer.max_steps=6", "trainer.save_every=0", "eval.enabled=false",
-                  f"reward.module={module}", "reward.terms=[{name: always_raises}]", "reward.success=always_raises",
+                  f"reward.module={module}", "reward.terms=[{name: always_bad}]", "reward.success=always_bad",
                   f"hydra.run.dir={run}", check=False)
     assert proc.returncode == 3, proc.stderr[-3000:]
     stopped = [line for line in proc.stderr.splitlines() if line.startswith("rltool: stopped:")]
-    assert len(stopped) == 1 and "'always_raises'" in stopped[0] and "ValueError: judge unreachable" in stopped[0]
+    assert len(stopped) == 1 and "'always_bad'" in stopped[0] and "returned str '1e39'" in stopped[0]
     assert "Traceback" not in proc.stderr
+    said = [line for line in proc.stdout.splitlines() if "unscored by reward 'always_bad'" in line]
+    assert len(said) == 1 and "returned str '1e39'" in said[0]  # once, with the reward's name and the value's type
     assert (run / "checkpoints" / "step_000003").is_dir()  # saved before stopping (reward.max_failed_steps=3)
     rows = read_jsonl(run / "metrics.jsonl")
-    assert by_step(rows, "reward/failed/always_raises") == {1: 8.0, 2: 8.0, 3: 8.0}
+    assert by_step(rows, "reward/failed/always_bad") == {1: 8.0, 2: 8.0, 3: 8.0}
 
 
 def test_nan_on_one_zero3_rank_skips_the_step_on_every_rank(tmp_path):

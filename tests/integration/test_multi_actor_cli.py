@@ -100,3 +100,24 @@ def test_two_lora_actors_on_one_multi_lora_engine(tmp_path):
     finals = {n: load_file(str(tmp_path / "run" / "final" / n / "model.safetensors")) for n in ("solver", "checker")}
     key = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(finals["solver"][key], finals["checker"][key])  # two adapters, trained apart
+
+
+@pytest.mark.parametrize("env", ["env=collab_arithmetic actors=two_smollm", "env=parallel_gsm8k",
+                                 "env=gsm8k+collab_arithmetic actors=two_smollm"])
+def test_validate_refuses_a_rollout_that_does_not_play_the_env_multi_actor_episodes(env):
+    # ERL's rollout samples single-turn attempts and never calls the env's conversation: refused, one line, exit 2
+    bad = rltool("validate", "algo=erl", *env.split(), "hardware=cpu", check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "algo.rollout='erl'" in bad.stderr and "multi_actor" in bad.stderr and "grpo" in bad.stderr
+
+
+def test_validate_refuses_a_system_prompt_that_reaches_python_internals():
+    ok = rltool("validate", "env=collab_arithmetic", "actors=two_smollm", "hardware=cpu",
+                "+env.system_prompts.solver='You are {{ name }}; the task: {{ question }}'")
+    assert ok.returncode == 0
+    for template in ("{{ name.__class__.__mro__[1].__subclasses__() }}",
+                     '{{ cycler.__init__.__globals__.os.popen("id").read() }}'):
+        bad = rltool("validate", "env=collab_arithmetic", "actors=two_smollm", "hardware=cpu",
+                     f"+env.system_prompts.solver='{template}'", check=False)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert "env.system_prompts.solver" in bad.stderr and "SecurityError" in bad.stderr, bad.stderr

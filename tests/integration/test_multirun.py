@@ -39,16 +39,18 @@ def test_optuna_sweep_tables_every_trial(tmp_path):
     assert math.isclose(best, max(float(r["eval/accuracy_flexible"]) for r in rows))
 
 
-def test_failing_job_is_reported_and_the_sweep_goes_on(tmp_path):
-    # group_size=1 composes but fails validation inside its job (a config error at job time, not at launch).
-    proc = rltool("train", "-m", *TINY, "trainer.group_size=1,2", f"hydra.sweep.dir={tmp_path}",
-                  timeout=1800, check=False)
+def test_failing_and_hung_jobs_are_reported_and_the_sweep_goes_on(tmp_path):
+    # -1 composes but fails validation inside its job (a config error at job time, not at launch); 0.01 s
+    # expires while the job generates: the watchdog ends the job's process, not the sweep.
+    proc = rltool("train", "-m", *TINY, "trainer.group_size=2", "rollout.timeout_s=-1,0.01,1800",
+                  f"hydra.sweep.dir={tmp_path}", timeout=1800, check=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
     rows = summary(tmp_path)
-    assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "ok")]
-    assert rows[0]["error"].startswith("config error: trainer.group_size=1: must be >= 2")
-    assert all(0.0 <= float(rows[1][m]) <= 1.0 for m in METRICS)
-    assert "failed: config error: trainer.group_size=1: must be >= 2" in proc.stderr
-    assert "rltool: 1 of 2 jobs failed (job 0): exit code 1" in proc.stderr
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "failed"), ("2", "ok")]
+    assert rows[0]["error"].startswith("config error: rollout.timeout_s=-1.0: must be >= 0")
+    assert rows[1]["error"].endswith("did not finish within 0.01 s (rollout.timeout_s)")
+    assert all(0.0 <= float(rows[2][m]) <= 1.0 for m in METRICS)
+    assert "failed: config error: rollout.timeout_s=-1.0: must be >= 0" in proc.stderr
+    assert "rltool: 2 of 3 jobs failed (job 0, 1): exit code 1" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "multirun: final eval metrics of 2 jobs" in proc.stdout
+    assert "multirun: final eval metrics of 3 jobs" in proc.stdout

@@ -5,6 +5,7 @@ and two trainable actors (a collaborative run) on 2 ZeRO-3 ranks, each its own D
 import csv
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from rltool.actors.embedded import materialize
+from rltool.ckpt import load_trainer_state, resolve_checkpoint
 from rltool.launch import accelerate_config
 from tests.integration.helpers import OWN_VARIETY_REWARD, TINY, by_step, read_jsonl, rltool
 
@@ -49,6 +51,11 @@ def test_cpu_zero3_sweep_job_trains_erl_then_two_machines_resume_it(tmp_path):
     assert trained.keys() == base.keys() - {"lm_head.weight"}
     assert any((trained[k] != base[k]).any() for k in trained), "a step left the weights unchanged"
 
+    # another branch's newer checkpoint (a copy of step 1, as a run that went on from it leaves): resuming step 1 on
+    # two machines must move it aside once (global rank 0, before the others read the directory), never replace it
+    ckpts = run / "checkpoints"
+    shutil.copytree(ckpts / "step_000001", ckpts / "step_000002", copy_function=os.link)
+    (ckpts / "latest").write_text("step_000002\n")
     # the same overrides minus the hardware profile: the launcher's world (2 machines x 1 process) is the one that trains
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     machines = [subprocess.Popen(
@@ -56,7 +63,8 @@ def test_cpu_zero3_sweep_job_trains_erl_then_two_machines_resume_it(tmp_path):
          "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2",
          "--main_process_ip", "127.0.0.1", "--main_process_port", "29517",
          "-m", "rltool", "train", *[o for o in ZERO3_TINY if not o.startswith("hardware=")], *extra,
-         "algo.iterations=2", "trainer.max_steps=2", f"resume={run}", f"hydra.run.dir={tmp_path / 'resumed'}"],
+         "algo.iterations=2", "trainer.max_steps=2", "trainer.save_every=1", f"resume={ckpts / 'step_000001'}",
+         f"hydra.run.dir={tmp_path / 'resumed'}"],
         # cwd: accelerate's multi-machine launcher writes the environment into ./.deepspeed_env
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for rank in (0, 1)]
     outputs = [m.communicate(timeout=600)[0] for m in machines]
@@ -64,6 +72,10 @@ def test_cpu_zero3_sweep_job_trains_erl_then_two_machines_resume_it(tmp_path):
         assert m.returncode == 0, f"machine {rank} exited {m.returncode}\n{out[-6000:]}"
     assert "2 processes" in outputs[0]  # machine 0 holds rank 0, which prints the plan and logs
     assert "resumed from" in outputs[0] and "step_000001" in outputs[0]
+    (aside,) = ckpts.glob("superseded-*")  # moved once, by one machine; the other read the directory after it
+    assert "they are kept in" in outputs[0] and (aside / "step_000002" / "trainer_state.pt").is_file()
+    assert resolve_checkpoint(str(run)) == ckpts / "step_000002"  # the resumed branch's own step 2, ...
+    assert load_trainer_state(ckpts / "step_000002")["step"] == 2  # (the copy moved aside says step 1)
     rows = read_jsonl(run / "metrics.jsonl")  # the resumed run writes into the run it continues
     assert sorted(by_step(rows, "rollout/samples")) == [1, 2]
     assert 2 in by_step(rows, "policy/grad_norm") and 2 in by_step(rows, "eval/accuracy_flexible")

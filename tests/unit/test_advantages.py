@@ -151,3 +151,23 @@ def test_kl_in_reward_with_the_reinforce_pp_config():
     want = torch.tensor([0.806224, -0.599502, 0.888915, -1.095637])
     assert_close(torch.tensor([s.adv for s in samples]), want)
     assert_close(batch.adv, want[:, None] * batch.mask)  # (B, T): broadcast over each row's trained tokens
+
+
+def test_kl_in_reward_reaches_rows_whose_advantage_the_rollout_preset():
+    # AGRL's query rows and ERL's RAFT rows come with their advantage (r - b, or r2); with the KL in the
+    # reward their return is r - kl_coef * sum_t KL_t, so the preset advantage drops by the same amount.
+    # kl_coef 0.5, k1 = engine logp - ref logp: row 0: (-1 - -2) + (-1 - -1.5) = 1.5 -> 0.8 - 0.75 = 0.05
+    # row 1 (per-token preset [1, 2]): (-2 - -1) = -1 over its one trained token -> [1.5, 2.5]
+    from rltool.batch import collate
+    from rltool.config import AlgoConfig
+    from rltool.samples import Sample
+    from rltool.steps import compute_advantages
+
+    algo = AlgoConfig(kl_coef=0.5, kl_estimator="k1", kl_placement="reward")
+    samples = [Sample(prompt_ids=[1], completion_ids=[5, 5], sample_logp=[-1.0, -1.0], group=0, reward=1.0, adv=0.8),
+               Sample(prompt_ids=[1], completion_ids=[5, 5], sample_logp=[-2.0, 0.0], group=1, reward=0.0,
+                      token_adv=[1.0, 2.0], completion_mask=[1, 0])]
+    batch = collate(samples, pad_id=0)
+    batch.ref_logp = torch.tensor([[-2.0, -1.5], [-1.0, 7.0]])  # 7.0 sits under completion_mask 0: not counted
+    compute_advantages(samples, batch, SimpleNamespace(algo=algo))
+    assert_close(batch.adv, torch.tensor([[0.05, 0.05], [1.5, 0.0]]))

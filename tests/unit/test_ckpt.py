@@ -229,7 +229,7 @@ def test_crash_between_the_two_renames_of_a_replace_keeps_the_only_copy(tmp_path
     save(tmp_path, 1, model, tokenizer, opt, sched, keep_last=1, rng=rng_state())
     real_rename, calls = os.rename, []
 
-    def crash_on_second(src, dst):  # _replace_dir: old -> aside (done), new -> old (crash)
+    def crash_on_second(src, dst):  # step 1 saved again (another branch): old -> superseded (done), new -> old (crash)
         calls.append(src)
         if len(calls) == 2:
             raise OSError("simulated crash between the renames")
@@ -241,9 +241,31 @@ def test_crash_between_the_two_renames_of_a_replace_keeps_the_only_copy(tmp_path
     monkeypatch.undo()
     root = tmp_path / "checkpoints"
     assert not (root / "step_000001").exists()  # the moment the issue describes: latest names nothing
-    save(tmp_path, 2, model, tokenizer, opt, sched, keep_last=2, rng=rng_state())  # must not delete the copy aside
-    assert (root / "step_000001" / "trainer_state.pt").is_file()
+    save(tmp_path, 2, model, tokenizer, opt, sched, keep_last=1, rng=rng_state())  # must not delete the copy aside
+    (kept,) = root.glob("superseded-*/step_000001")
+    assert (kept / "trainer_state.pt").is_file()
     assert_resumes_from(tmp_path, 2)
+
+
+def test_save_final_twice_crashing_between_the_renames_puts_the_old_final_back(tmp_path, tokenizer, monkeypatch):
+    model = tiny_model()
+    save_final(tmp_path, [actor(model, tokenizer)])
+    real_rename, calls = os.rename, []
+
+    def crash_on_second(src, dst):  # old final -> aside (done), new -> final (crash)
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError("simulated crash between the renames")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", crash_on_second)
+    with pytest.raises(OSError):
+        save_final(tmp_path, [actor(model, tokenizer)])
+    monkeypatch.undo()
+    assert not (tmp_path / "final").exists()
+    save_final(tmp_path, [actor(model, tokenizer)])  # the debris is cleared; the copy aside was put back first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    LlamaForCausalLM.from_pretrained(tmp_path / "final" / "policy")
 
 
 def test_trainer_state_is_plain_data_and_foreign_pickles_are_refused(tmp_path, tokenizer):

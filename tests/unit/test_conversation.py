@@ -17,6 +17,10 @@ LLAMA3 = (  # the shape of Llama 3's template: header tokens, <|eot_id|> closing
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+LLAMA3_TRIM = (  # as Llama 3.x's real template writes a turn: the message text goes through `| trim`
+    "{{- bos_token }}{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}")
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +30,23 @@ def smollm():
     return AutoTokenizer.from_pretrained(TOKENIZER)
 
 
-@pytest.fixture(scope="module")
-def llama3_style():
+def llama_tokenizer(template):
+    if not (TOKENIZER / "tokenizer.json").exists():
+        pytest.skip("embedded model not materialized (python -m rltool.actors.embedded)")
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     tok.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
-    tok.chat_template, tok.eos_token = LLAMA3, "<|eot_id|>"
+    tok.chat_template, tok.eos_token = template, "<|eot_id|>"
     return tok
+
+
+@pytest.fixture(scope="module")
+def llama3_style():
+    return llama_tokenizer(LLAMA3)
+
+
+@pytest.fixture(scope="module")
+def llama3_trim():
+    return llama_tokenizer(LLAMA3_TRIM)
 
 
 class ScriptedEngine:
@@ -129,3 +144,20 @@ def test_a_template_that_rewrites_history_is_refused(smollm):
     view = ChatView.start("Solver", tok, [{"role": "user", "content": "hi"}])
     with pytest.raises(TemplateError, match="actor Solver: the chat template re-renders earlier turns"):
         view.add_other("Checker", "hello")
+
+
+def test_a_template_that_trims_message_text_keeps_the_engine_ids_of_a_turn_with_outer_whitespace(llama3_trim):
+    # Llama 3.x templates `| trim` every message: a turn the engine ended with whitespace (or began with it)
+    # renders shorter than its text. The view trains the engine's ids as they came; the text is the template's.
+    tok = llama3_trim
+    replies = {"Solver": [" It is 4.  \n", "Final: 4 "], "Checker": ["Looks right\n\n"]}
+    convs, _ = play(tok, ["Solver", "Checker", "Solver"], replies)
+    solver, checker = convs[0].views["Solver"], convs[0].views["Checker"]
+    own = [c.token_ids for name, c in convs[0].turns if name == "Solver"]
+    assert [i for i, m in zip(solver.ids, solver.trained) if m] == own[0] + own[1]
+    # the glue after each turn is the template's: the close of the turn (its <|eot_id|> is the engine's stop)
+    # and the next header; the other actor's turn reads trimmed, as the template renders it
+    text = tok.decode(solver.ids)
+    assert text.count("<|eot_id|>") == 5 and "Checker says: Looks right<|eot_id|>" in text
+    rendering = tok.apply_chat_template(checker.messages, tokenize=False)  # its own turn trimmed, its ids not
+    assert tok.decode(checker.ids) == rendering.replace("Looks right<|eot_id|>", "Looks right\n\n<|eot_id|>")

@@ -181,3 +181,30 @@ def test_feature_norm_separates_states_that_share_most_words(encoder):
     assert before > 0.9 and mean_cosine() < 0.1  # centred: what remains is what differs
     assert "feature_norm.mean" in agent.state_dict()  # checkpointed with the heads
     assert "feature_norm.mean" not in EncoderAgent(encoder, HeadsConfig(feature_norm="none"), 4).state_dict()
+
+
+def test_a_dimension_constant_over_visited_states_is_not_blown_up():
+    from rltool.actors.feature_norm import RunningFeatureNorm
+
+    norm = RunningFeatureNorm(dim=2)  # the default floor: 1e-3 of the mean square
+    norm.update(torch.tensor([[1.0, 2.0], [3.0, 2.0]]))  # mean [2, 2], var [1, 0]: dimension 1 never varied
+    # variance floor = 1e-3 x the features' mean square, averaged over dimensions: 1e-3 x ((2^2+1) + (2^2+0)) / 2
+    # = 0.0045; dimension 0 (var 1) is above it, dimension 1 is floored:
+    # [3, 2.1] -> [(3-2)/sqrt(1 + 1e-8), (2.1-2)/sqrt(0.0045 + 1e-8)] = [1.0, 1.490712]  (not 0.1/1e-4 = 1000 -> 10)
+    assert_close(norm(torch.tensor([[3.0, 2.1]])), torch.tensor([[1.0, 1.490712]]), atol=1e-5, rtol=0)
+    one_state = RunningFeatureNorm(dim=2)
+    one_state.update(torch.tensor([[0.6, -0.8]] * 4))  # bandit_text: a single description, every dimension constant
+    x = torch.tensor([[0.6, -0.8]], requires_grad=True)
+    (one_state(x) * torch.tensor([[1.0, 1.0]])).sum().backward()
+    # d/dx = 1/sqrt(floor + eps), floor = 1e-3 x (0.36 + 0.64) / 2 = 5e-4: 44.72 (was 1/sqrt(1e-8) = 10,000)
+    assert_close(x.grad, torch.full((1, 2), 1 / math.sqrt(5e-4 + 1e-8)), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("where", ["description", "action"])
+def test_an_empty_text_is_one_clear_error_not_nan(encoder, where):
+    # an empty text leaves the pooling nothing but [CLS]/[SEP], which it ignores: a softmax over no token is nan
+    agent = EncoderAgent(encoder, HeadsConfig(actions="text"), num_actions=0)
+    states, actions = (["  "], [["go north", "go south"]]) if where == "description" else (["a room"], [["go north", ""]])
+    with pytest.raises(ValueError, match=r"text ('  '|''): no token to read .*at least one word"):
+        agent.get_value(states) if where == "description" else agent.logits(
+            agent.features(states), actions, torch.ones(1, 2, dtype=torch.bool))

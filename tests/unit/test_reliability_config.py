@@ -12,11 +12,15 @@ from rltool.run_dir import CLAIM, claim_run_dir, move_newer_aside, newer_checkpo
 
 
 def checkpoint(run, step, zero3=False):
-    """What ckpt.save_checkpoint leaves that resume's checks read (the weights are not read yet)."""
+    """What ckpt.save_checkpoint leaves that resume's checks read (a real trainer state and optimizer file, a
+    model/ without weights: they load only in train())."""
+    import torch
+
     d = run / "checkpoints" / f"step_{step:06d}"
-    d.mkdir(parents=True)
-    (d / "trainer_state.pt").write_bytes(b"")
-    (d / "zero").mkdir() if zero3 else (d / "optimizer.pt").write_bytes(b"")
+    (d / "model").mkdir(parents=True)
+    (d / "model" / "config.json").write_text("{}")
+    torch.save({"step": step}, d / "trainer_state.pt")
+    (d / "zero").mkdir() if zero3 else torch.save({}, d / "optimizer.pt")
     (run / "checkpoints" / "latest").write_text(f"step_{step:06d}\n")
     return d
 
@@ -84,6 +88,13 @@ BAD = [  # (overrides, what the one line must say)
     (["algo.iterations=0"], "algo.iterations=0"),
     (["algo.mismatch_cap=1"], "algo.mismatch_cap=1.0: must be > 1"),
     (["hardware=cpu_zero3", "hardware.main_process_port=70000"], "hardware.main_process_port=70000"),
+    # non-finite numbers: inf passes every `> 0` check and trains NaN weights; nan fails them all
+    (["trainer.lr=inf"], "trainer.lr=inf: must be a finite number"),
+    (["reward.length_penalty=nan"], "reward.length_penalty=nan: must be a finite number"),
+    (["reward.terms=[{{name: format, weight: nan}}]"], "reward.terms[0].weight=nan: must be a finite number"),
+    (["actors.lr=-inf"], "actors.policy.lr=-inf: must be a finite number"),
+    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.ent_coef=inf"], "algo.ppo.ent_coef=inf: must be a finite number"),
+    (["rollout.temperature=inf"], "rollout.temperature=inf: must be a finite number"),
     # registry names and choices
     (["algo.advantage=foo"], "algo.advantage='foo': unknown; valid:"),
     (["algo.loss=foo"], "algo.loss='foo': unknown; valid:"),

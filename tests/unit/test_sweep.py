@@ -102,6 +102,42 @@ def test_validate_jobs_return_nothing_and_eval_disabled_is_reported(tmp_path, ca
     assert "available: none (eval.enabled=false)" in capsys.readouterr().err
 
 
+def hangs():
+    """A phase stuck where Python cannot interrupt it, as a hung engine call is: only the watchdog ends it."""
+    import time
+
+    from rltool.watchdog import deadline
+
+    with deadline("generate", 1, 0.2):
+        time.sleep(60)
+
+
+def exits():
+    import sys
+
+    sys.exit(0)  # e.g. from inside a user's reward
+
+
+def test_a_hung_or_exiting_job_fails_that_job_and_the_sweep_goes_on(tmp_path, capsys):
+    import time
+
+    cb = sweep.SweepSummary()
+    started = time.monotonic()
+    assert run_one(cb, tmp_path, 0, ["seed=0"], hangs) is None
+    assert time.monotonic() - started < 10  # the watchdog's 0.2 s, not the 60 s sleep
+    assert run_one(cb, tmp_path, 1, ["seed=1"], exits) is None
+    assert run_one(cb, tmp_path, 2, ["seed=2"], lambda: METRICS) == 0.5  # later jobs still run
+    with pytest.raises(SystemExit):
+        cb.on_multirun_end(hydra_config(tmp_path, 0))
+    rows = read_csv(tmp_path / "multirun_summary.csv")
+    assert [r[2] for r in rows[1:]] == ["failed", "failed", "ok"]
+    assert rows[1][-1] == "step 1: generate did not finish within 0.2 s (rollout.timeout_s)"
+    assert rows[2][-1].startswith("the job's process ended (exit code 0) without reporting")
+    out, err = capsys.readouterr()
+    assert "rltool: job 0 failed: step 1: generate did not finish within 0.2 s" in err
+    assert "multirun: final eval metrics of 3 jobs" in out
+
+
 def test_single_run_writes_no_row(tmp_path):
     sweep.SweepSummary().on_job_end(hydra_config(tmp_path, 0, mode=RunMode.RUN),
                                     JobReturn(overrides=[], status=JobStatus.COMPLETED, _return_value=None))

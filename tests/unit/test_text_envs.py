@@ -32,6 +32,14 @@ def test_frozenlake_map_size_and_slippery():
     assert "of 8 by 8 tiles" in text and "row 8, column 8" in text and text.endswith("a move can slide sideways.")
 
 
+@pytest.mark.parametrize("map_size, limit", [("4x4", 100), ("8x8", 200)])  # gymnasium's FrozenLake-v1, FrozenLake8x8-v1
+def test_frozenlake_time_limit_is_gymnasiums_own_per_map(map_size, limit):
+    env = make("frozenlake_text", map_size=map_size)  # env.max_episode_steps=0: gymnasium's own limit
+    env.reset(seed=0)
+    ends = [env.step(0)[3] for _ in range(limit)]  # move left from the start: into the edge, staying put
+    assert ends.index(True) == limit - 1  # truncated at step `limit`, not before
+
+
 def test_blackjack_describes_hand_ace_and_dealer():
     env = make("blackjack_text")
     assert env.describe((15, 1, 0)) == "Your cards total 15 with no usable ace. The dealer shows an ace."
@@ -99,3 +107,33 @@ def test_every_env_speaks_only_text(name):
     text = env.reset(seed=0)
     assert isinstance(text, str) and len(text) > 20 and not text.isdigit()
     assert all(isinstance(a, str) for a in env.available_actions())
+
+
+class SilentRoom:
+    """A user environment whose descriptions or actions come out empty."""
+
+    def __init__(self, empty: str):
+        self.empty = empty
+
+    def reset(self, seed=None):
+        return "" if self.empty == "reset" else "A quiet room."
+
+    def available_actions(self):
+        return ["wait", " "] if self.empty == "action" else ["wait"]
+
+    def step(self, action):
+        return ("" if self.empty == "step" else "Still quiet."), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("empty, message", [
+    ("reset", "reset() returned an empty description ''"),
+    ("step", "step() returned an empty description ''"),
+    ("action", "available_actions() returned an empty action ' '")])
+def test_an_empty_description_or_action_is_one_line_naming_the_env(empty, message):
+    from rltool.config import ConfigError
+
+    env = GymTextEnv(SilentRoom(empty), name="silent_room")
+    with pytest.raises(ConfigError) as e:
+        env.reset(seed=0)
+        env.step(0)
+    assert str(e.value) == f"env.name='silent_room': {message}; every description and action needs at least one word"

@@ -37,3 +37,17 @@ def test_a_column_value_is_refused_not_broadcast(name):
 
 def test_every_registered_value_loss_has_a_test():
     assert set(VALUE_LOSSES.names()) == {"mse", "clipped"}  # a new entry needs hand-computed tests here
+
+
+def test_the_default_value_loss_keeps_pulling_towards_returns_in_raw_reward_units():
+    # algo.ppo.norm_reward=false is the default, so returns arrive in the reward's own units (CliffWalking: -100s).
+    # A critic that moved 0.5 from its rollout value towards a return of 100 must still be pulled further:
+    # the plain 1/2 (V - R)^2 gives d/dV = V - R = 1 - 100 = -99. A clip of 0.2 in those units would give 0
+    # (V_clip = 0.5 + 0.2 = 0.7 sits further from R, so the max takes the clipped, constant branch).
+    from rltool.config import PpoConfig
+
+    p = PpoConfig()
+    value = torch.tensor([1.0], requires_grad=True)
+    loss, _ = VALUE_LOSSES[p.value_loss](value, torch.tensor([0.5]), torch.tensor([100.0]), ValueLossParams(p.value_clip))
+    loss.sum().backward()
+    assert_close(value.grad, torch.tensor([-99.0]))

@@ -23,18 +23,23 @@ def validate_text_env_config(cfg: EnvConfig) -> None:
         raise ConfigError(f"env.name={cfg.name!r}: unknown text environment; valid: {', '.join(TEXT_ENVS.names())}")
 
 
-def make_vector_env(cfg: EnvConfig, num_envs: int):
+def make_vector_env(cfg: EnvConfig, num_envs: int, max_episode_steps: int = 0):
     """`num_envs` copies in gymnasium's SyncVectorEnv; an episode that ends is reset in the same step
     (SAME_STEP autoreset), its last description in info["final_obs"]. The caller's first
-    `envs.reset(seed=s)` seeds copy i with s + i; later resets continue each copy's RNG."""
+    `envs.reset(seed=s)` seeds copy i with s + i; later resets continue each copy's RNG.
+    max_episode_steps > 0 truncates every episode there too, whatever the environment's own limit
+    (evaluation: a greedy policy can loop forever where the environment has none)."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
+    from gymnasium.wrappers import TimeLimit
 
     from rltool.envs.text_gym.text_env import GymTextEnv
 
+    def make():
+        env = GymTextEnv(TEXT_ENVS[cfg.name](cfg), cfg.name)
+        return TimeLimit(env, max_episode_steps) if max_episode_steps else env
+
     validate_text_env_config(cfg)
-    envs = SyncVectorEnv([lambda: GymTextEnv(TEXT_ENVS[cfg.name](cfg)) for _ in range(num_envs)],
-                         autoreset_mode=AutoresetMode.SAME_STEP)
-    return envs
+    return SyncVectorEnv([make for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def _import_environments() -> None:

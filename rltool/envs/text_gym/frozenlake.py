@@ -8,6 +8,7 @@ Template (cells 1-based, surroundings in the order up, down, left, right):
 
 where {tile} is "the start", "frozen ice", "a hole", "the goal" or "the edge of the lake".
 Actions: move left, move down, move right, move up (gymnasium's order). Success: reaching the goal.
+Time limit (env.max_episode_steps=0): gymnasium's, 100 steps on 4x4 (FrozenLake-v1), 200 on 8x8 (FrozenLake8x8-v1).
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ class FrozenLakeText(GymnasiumTextEnv):
     ACTIONS = ["move left", "move down", "move right", "move up"]
 
     def __init__(self, cfg: EnvConfig):
-        super().__init__(make_gym("FrozenLake-v1", cfg.max_episode_steps, map_name=cfg.map_size,
-                                  is_slippery=cfg.slippery))
+        # gymnasium registers the 8x8 map under its own id, with its own time limit (200 steps, 4x4: 100)
+        env_id = "FrozenLake8x8-v1" if cfg.map_size == "8x8" else "FrozenLake-v1"
+        super().__init__(make_gym(env_id, cfg.max_episode_steps, map_name=cfg.map_size, is_slippery=cfg.slippery))
         self.desc = self.env.unwrapped.desc  # (n, n) bytes: S F H G
         self.n = self.desc.shape[0]
         self.slippery = cfg.slippery

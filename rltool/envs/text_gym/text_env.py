@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+from rltool.config import ConfigError
+
 
 @runtime_checkable
 class TextEnv(Protocol):
@@ -43,30 +45,38 @@ class GymTextEnv(gym.Env):
 
     info always holds "actions" (tuple of str) and "action_mask" (bool array, same length).
     `get_state`/`set_state` pickle the wrapped environment (its position, hand, RNG...): what a
-    checkpoint needs to resume an episode exactly where it was.
+    checkpoint needs to resume an episode exactly where it was. An empty description or action is
+    refused here, naming the environment (`name`, env.name): the encoder would have nothing to read.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, text_env: TextEnv):
-        self.text_env = text_env
+    def __init__(self, text_env: TextEnv, name: str = ""):
+        self.text_env, self.name = text_env, name
         self.observation_space = gym.spaces.Text(max_length=MAX_DESCRIPTION, charset=string.printable)
         self.action_space = gym.spaces.Discrete(MAX_ACTIONS)
 
     def _info(self, info: dict | None = None) -> dict:
         info = dict(info or {})
-        actions = tuple(self.text_env.available_actions())
+        actions = tuple(self._checked(a, "available_actions()", "action") for a in self.text_env.available_actions())
         info["actions"] = actions
         info["action_mask"] = np.asarray(info.get("action_mask", [True] * len(actions)), dtype=bool)
         return info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        return self.text_env.reset(seed=seed), self._info()
+        return self._checked(self.text_env.reset(seed=seed), "reset()", "description"), self._info()
 
     def step(self, action):
         description, reward, terminated, truncated, info = self.text_env.step(int(action))
+        description = self._checked(description, "step()", "description")
         return description, float(reward), bool(terminated), bool(truncated), self._info(info)
+
+    def _checked(self, text: str, call: str, what: str) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"env.name={self.name!r}: {call} returned an empty {what} {text!r}; every description "
+                              "and action needs at least one word")
+        return text
 
     def get_state(self) -> bytes:
         return pickle.dumps(self.text_env)
