@@ -51,11 +51,14 @@ def kill_children() -> None:
         for p in mp.active_children():
             p.kill()
         return
-    for child in psutil.Process().children(recursive=True):
+    children = psutil.Process().children(recursive=True)
+    for child in children:
         try:
             child.kill()
         except psutil.NoSuchProcess:
             pass
+    # SIGKILL is delivered asynchronously: wait until they are gone, so none outlives this process's exit
+    psutil.wait_procs(children, timeout=5)
 
 
 class _Clock:

@@ -223,19 +223,24 @@ def test_corrupt_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path, t
     assert len(lines) == 1 and "using the newest complete checkpoint, step_000002" in lines[0]
 
 
-def test_crash_between_the_two_renames_of_a_replace_keeps_the_only_copy(tmp_path, tokenizer, monkeypatch):
-    model = tiny_model()
-    opt, sched = make_opt(model)
-    save(tmp_path, 1, model, tokenizer, opt, sched, keep_last=1, rng=rng_state())
+def crash_on_second_rename(monkeypatch):
+    """The first os.rename happens, the second raises: a crash between the two renames of a replace."""
     real_rename, calls = os.rename, []
 
-    def crash_on_second(src, dst):  # step 1 saved again (another branch): old -> superseded (done), new -> old (crash)
+    def rename(src, dst):
         calls.append(src)
         if len(calls) == 2:
             raise OSError("simulated crash between the renames")
         real_rename(src, dst)
 
-    monkeypatch.setattr(os, "rename", crash_on_second)
+    monkeypatch.setattr(os, "rename", rename)
+
+
+def test_crash_between_the_two_renames_of_a_replace_keeps_the_only_copy(tmp_path, tokenizer, monkeypatch):
+    model = tiny_model()
+    opt, sched = make_opt(model)
+    save(tmp_path, 1, model, tokenizer, opt, sched, keep_last=1, rng=rng_state())
+    crash_on_second_rename(monkeypatch)  # step 1 saved again (another branch): old -> superseded (done), new -> old (crash)
     with pytest.raises(OSError):
         save(tmp_path, 1, model, tokenizer, opt, sched, keep_last=1, rng=rng_state())
     monkeypatch.undo()
@@ -250,15 +255,7 @@ def test_crash_between_the_two_renames_of_a_replace_keeps_the_only_copy(tmp_path
 def test_save_final_twice_crashing_between_the_renames_puts_the_old_final_back(tmp_path, tokenizer, monkeypatch):
     model = tiny_model()
     save_final(tmp_path, [actor(model, tokenizer)])
-    real_rename, calls = os.rename, []
-
-    def crash_on_second(src, dst):  # old final -> aside (done), new -> final (crash)
-        calls.append(src)
-        if len(calls) == 2:
-            raise OSError("simulated crash between the renames")
-        real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", crash_on_second)
+    crash_on_second_rename(monkeypatch)  # old final -> aside (done), new -> final (crash)
     with pytest.raises(OSError):
         save_final(tmp_path, [actor(model, tokenizer)])
     monkeypatch.undo()
