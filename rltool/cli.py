@@ -23,6 +23,30 @@ from rltool.sweep import run_job
 
 COMMANDS = ("train", "eval", "validate")
 USAGE = "usage: rltool {train,eval,validate} [key=value ...] [-m] [-v] [--help]"
+HELP = f"""{USAGE}
+
+Reinforcement-learning post-training of language models, configured with Hydra overrides.
+
+commands:
+  train      train (GRPO family, ERL, multi-actor envs; algo=ppo: encoder agents)
+  eval       evaluate a model on the environment's held-out split
+  validate   check a config and print it with its plan; loads no model and needs no GPU
+
+examples:
+  rltool train                                  SmolLM2-135M on GSM8K with GRPO, offline on CPU
+  rltool train env=arithmetic trainer.max_steps=20
+  rltool validate hardware=gpu8                 check an 8-GPU run from any machine
+  rltool train plugins=[my_task.py] env.name=my_env reward.success=my_reward
+  rltool train -m trainer.lr=1e-6,3e-6          a sweep (multirun)
+
+options:
+  -v, --verbose   engine, DeepSpeed and library logs on the console too (always in <run_dir>/logs/)
+  -m, --multirun  one run per combination of comma-separated values
+  --help          this text; `rltool train --help` lists the config groups and every key
+
+plugins=[file.py, pkg.module] imports your code before the config is checked, so the environments,
+rewards and rollouts it registers can be named like rltool's own; installed packages register through
+the entry-point group "rltool.plugins"."""
 VERBOSE = False
 """-v / --verbose: engine, DeepSpeed and library logs on the console too (they always go to <run_dir>/logs/)."""
 
@@ -34,7 +58,12 @@ def conf_dir() -> str:
 
 
 def to_config(cfg: DictConfig) -> Config:
-    """Typed Config with every __post_init__ check run, plus its training loop's checks; raises ConfigError."""
+    """Typed Config with every __post_init__ check run, plus its training loop's checks; raises ConfigError.
+    Plugins are imported first, so the names they register count in every check."""
+    from rltool.plugins import load_plugins
+
+    load_plugins(list(OmegaConf.select(cfg, "plugins", default=None) or []),
+                 OmegaConf.select(cfg, "reward.module", default=None, throw_on_missing=False))
     check_finite(OmegaConf.to_container(cfg, resolve=False))  # before any range check reads a nan
     try:
         config: Config = OmegaConf.to_object(cfg)
@@ -111,36 +140,72 @@ def check_resume(config: Config, actors: list[str] | None = None) -> None:
 
 
 def check_registries(config: Config) -> None:
-    """Algorithm pieces are looked up in their registries (importing them costs ~1 s of torch import)."""
+    """Algorithm pieces are looked up in their registries (importing them costs ~1 s of torch import), for
+    the run's algo and each actor's own overrides: the valid names are what is registered, plugins' too."""
     from rltool.algos.advantages import ADVANTAGES
     from rltool.algos.kl import KL_ESTIMATORS
-    from rltool.algos.losses import POLICY_LOSSES
+    from rltool.algos.losses import AGG_MODES, POLICY_LOSSES
     from rltool.algos.rollouts import ROLLOUTS
 
-    a = config.algo
-    for key, value, registry in (("algo.advantage", a.advantage, ADVANTAGES), ("algo.loss", a.loss, POLICY_LOSSES),
-                                 ("algo.rollout", a.rollout, ROLLOUTS), ("algo.kl_estimator", a.kl_estimator, KL_ESTIMATORS)):
-        if value not in registry:
-            raise ConfigError(f"{key}={value!r}: unknown; valid: {', '.join(registry.names())}")
+    algos = [("algo", config.algo)] + [(f"actors.{n}.algo", config.actor_algo(n)) for n in config.actors
+                                       if config.actors[n].algo]
+    for prefix, a in algos:
+        for key, value, registry in (("advantage", a.advantage, ADVANTAGES), ("loss", a.loss, POLICY_LOSSES),
+                                     ("rollout", a.rollout, ROLLOUTS), ("kl_estimator", a.kl_estimator, KL_ESTIMATORS),
+                                     ("agg", a.agg, AGG_MODES)):
+            if value not in registry:
+                valid = registry.names() if hasattr(registry, "names") else sorted(registry)
+                raise ConfigError(f"{prefix}.{key}={value!r}: unknown; valid: {', '.join(valid)}")
 
 
 def check_device(config: Config) -> None:
-    """hardware=auto resolves to cpu on a machine without a GPU: what needs CUDA is refused here too."""
+    """hardware=auto resolves to cpu on a machine without a GPU: what needs CUDA is refused here too.
+    A profile that names cuda on a machine without one is `missing_gpu`'s (validate plans it anyway)."""
     import torch
 
     h = config.hardware
     if h.zero_stage == 3 and config.rollout.engine == "hf":
         raise ConfigError("rollout.engine=hf: HF generate does not run on ZeRO-3 sharded weights; use rollout.engine=vllm")
-    if h.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"hardware={h.name}: asks for device=cuda but no GPU is visible; use hardware=cpu or hardware=auto")
     for actor in config.actors.values():
         if actor.qlora and h.device == "auto" and not torch.cuda.is_available():
             raise ConfigError(f"actors.{actor.name}.qlora=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none is "
                               "visible; use lora.r=16 on CPU")
 
 
+def missing_gpu(config: Config) -> str | None:
+    """The line saying this machine cannot run a profile that asks for CUDA, or None. `rltool validate`
+    prints it under the plan (a GPU config can be checked on a laptop); train and eval refuse with it."""
+    h = config.hardware
+    if h.device != "cuda" or _has_gpu():
+        return None
+    return f"hardware={h.name}: asks for device=cuda but no GPU is visible here"
+
+
+def validate_report(config: Config) -> None:
+    """What `rltool validate` prints besides the config: the LM loop's batch plan, and whether this
+    machine can run it."""
+    if config.algo.loop == "lm":
+        from rltool.hardware import Hardware
+        from rltool.plan import batch_plan
+
+        h = config.hardware
+        device = h.device if h.device != "auto" else ("cuda" if _has_gpu() else "cpu")
+        dtype = h.dtype if h.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+        print(batch_plan(config, Hardware(device, dtype, h.num_processes, h)))
+    note = missing_gpu(config)
+    if note:
+        print(f"rltool: note: {note}; the config is valid, but `rltool train` refuses it on this machine", file=sys.stderr)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def check_model_path(path: str, key: str = "actors.path") -> None:
-    """A local directory, `embedded:<name>`, or a hub id `org/name`; anything else is a typo."""
+    """A local directory, `embedded:<name>`, or a hub id `org/name`; anything else is a typo. A path that
+    starts like one (`./x`, `../x`, `/x`, `~/x`) is local and must exist, whatever its shape."""
     import re
 
     from rltool.actors.embedded import EMBEDDED, PREFIX
@@ -154,6 +219,8 @@ def check_model_path(path: str, key: str = "actors.path") -> None:
             inside = sorted(d for d in os.listdir(path) if os.path.exists(os.path.join(path, d, "config.json")))
             hint = f"; it holds the actors {', '.join(inside)}: name one, e.g. {os.path.join(path, inside[0])}" if inside else ""
             raise ConfigError(f"{key}={path!r}: directory has no config.json (expected a HF model directory){hint}")
+    elif path.startswith((".", "/", "~")) or os.path.isabs(path):
+        raise ConfigError(f"{key}={path!r}: no such directory (a local path; a hub id is org/name)")
     elif not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
         raise ConfigError(f"{key}={path!r}: no such directory; expected a local HF directory, a hub id "
                           "(org/name) or embedded:smollm2-135m-instruct")
@@ -164,12 +231,15 @@ def run(command: str, cfg: DictConfig) -> dict[str, float] | None:
     if launch.launched() and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # `accelerate launch ... -m rltool train`:
         cfg.hardware.num_processes, cfg.hardware.zero_stage = int(os.environ["WORLD_SIZE"]), 3  # its world counts
     config = to_config(cfg)
+    if command != "validate" and missing_gpu(config):  # validate plans a GPU config on any machine
+        raise ConfigError(f"{missing_gpu(config)}; use hardware=cpu or hardware=auto")
     if not config.output_dir:
         config.output_dir = HydraConfig.get().runtime.output_dir
     if command == "train" and not launch.launched():  # launched ranks: global rank 0 does it in train()
         own_run_dir(config)
     if command == "validate":
         print(OmegaConf.to_yaml(cfg, resolve=True))  # the values the run would use
+        validate_report(config)
         print("rltool: config OK", file=sys.stderr)
         return None
     # vLLM must run in-process (colocated with the trainer); set before vllm is imported.
@@ -278,6 +348,9 @@ def rewrite_overrides(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help", "help"):
+        print(HELP)
+        sys.exit(0)
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(2)

@@ -273,8 +273,6 @@ class AlgoConfig:
         check(self.clip_eps_low >= 0, "algo.clip_eps_low", self.clip_eps_low, "must be >= 0")
         check(self.clip_eps_high >= 0, "algo.clip_eps_high", self.clip_eps_high, "must be >= 0")
         check_choice("algo.ratio_level", self.ratio_level, ["token", "sequence"])
-        check_choice("algo.agg", self.agg, ["grpo", "bnpo", "dr_grpo", "dapo"])
-        check_choice("algo.kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
         check_choice("algo.kl_placement", self.kl_placement, ["loss", "reward"])
         check_choice("algo.dynamic_sampling_metric", self.dynamic_sampling_metric, ["success", "reward"])
         check(self.kl_coef >= 0, "algo.kl_coef", self.kl_coef, "must be >= 0")
@@ -352,6 +350,13 @@ class EnvConfig:
     """Pairs offered per episode (the episode's selection steps)."""
     min_article_tokens: int = 0
     """pair_unit=tokens: shorter articles are skipped."""
+    path: str = ""
+    """dataset: your data, a .jsonl / .json / .csv / .parquet file or a `datasets` save_to_disk directory,
+    with a `prompt` column (a string or a list of {role, content} messages); other columns reach rewards by name."""
+    eval_path: str = ""
+    """dataset: a held-out file in the same format ("" = hold out env.eval_size rows of env.path, chosen with env.seed)."""
+    rename: dict[str, str] = field(default_factory=dict)
+    """dataset: column renames applied on reading, your name -> rltool's (`+env.rename.question=prompt`)."""
 
     def __post_init__(self) -> None:
         check_choice("env.source", self.source, ["embedded", "hub"])
@@ -678,7 +683,7 @@ class TrainerConfig:
     """Generations per prompt (G)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward; the rollout batch is split into micro-batches."""
-    lr: float = 1e-6
+    lr: float = 2e-6
     lr_schedule: str = "constant"
     """constant | cosine | linear (after warmup)."""
     warmup_steps: int = 0
@@ -686,7 +691,7 @@ class TrainerConfig:
     grad_clip: float = 1.0
     eval_every: int = 25
     """0 disables periodic eval (eval still runs at step 0 and at the end unless eval.enabled=false)."""
-    save_every: int = 50
+    save_every: int = 25
     keep_last: int = 2
     logger: Any = "none"
     """none | wandb | tensorboard, or a list: [wandb,tensorboard] (WANDB_MODE=offline works without network;
@@ -735,7 +740,7 @@ class EvalConfig:
     """Samples per problem; > 1 adds pass@n (sampled at eval.temperature)."""
     temperature: float = 1.0
     """Used only for pass@n sampling; accuracy is always greedy."""
-    size: int = 0
+    size: int = 100
     """Cap on eval problems, each part of a composed env (env=a+b) its own (0 = the whole held-out split)."""
     max_new_tokens: int = 256
     log_samples: int = 3
@@ -761,8 +766,12 @@ class Config:
     resume: Optional[str] = None
     """A run directory (its latest checkpoint) or a checkpoint directory to continue from."""
     output_dir: str = "${hydra:runtime.output_dir}"
-    sweep_metric: str = "eval/accuracy_flexible"
-    """Final eval metric a multirun job returns to the sweeper (what Optuna optimises)."""
+    plugins: list[str] = field(default_factory=list)
+    """Python files or importable modules imported before the config is validated; what they register
+    (environments, rewards, rollouts, advantage estimators, losses) counts like rltool's own (rltool/plugins.py)."""
+    sweep_metric: str = "eval/success"
+    """Final eval metric a multirun job returns to the sweeper (what Optuna optimises): by default the held-out
+    success rate on the run's own `reward.success`."""
 
     def __post_init__(self) -> None:
         t = self.trainer

@@ -1,19 +1,19 @@
-"""Held-out evaluation: greedy first-attempt accuracy (strict / flexible / math-verify), format rate,
-length, and pass@n when eval.n > 1. Never touches training state (ERL memory included)."""
+"""Held-out evaluation on the run's own reward: greedy first attempts scored by `reward.success`
+(eval/success) and by the weighted terms (eval/reward), each env's own measures (`env.eval_metrics()`,
+e.g. gsm8k's strict / flexible / math-verify accuracies), length, and pass@n when eval.n > 1. Never
+touches training state (ERL memory included)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from rltool import dist
 from rltool.config import Config
-from rltool.rewards.registry import Row
+from rltool.rewards.registry import CONTEXT, Row
 from rltool.rewards.score import Scorer
 from rltool.rollout.engine import Sampling
 from rltool.rollout.prompts import encode_chat, fitting_examples
-
-ACCURACY = {"accuracy_strict": "gsm8k_strict", "accuracy_flexible": "gsm8k_flexible",
-            "accuracy_math_verify": "math_verify", "format_rate": "format"}
 
 
 def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dict]]:
@@ -31,29 +31,80 @@ def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dic
                                           cfg.rollout.max_prompt_len)
     examples = held_out[dist.rank()::dist.world_size()]
     answers = greedy_answers(actors, env, examples, cfg)
-    scorer = Scorer(cfg.reward, cfg.eval.max_new_tokens)  # a reward that misbehaves: that answer is unscored, counted
-    rows = []
-    for example, c in zip(examples, answers):
-        row = {"id": example.id, "question": example.question, "answer": example.answer, "completion": c.text,
-               "tokens": len(c.token_ids)}  # per-problem length: scripts/learning_report.py splits it by operator
-        for key, name in ACCURACY.items():
-            value = scorer.values(name, [Row(c.text, example)])[0]
-            row[key] = value or 0.0  # math_verify's None (unparseable gold) counts as not solved
-        rows.append(row)
-    metrics = summarise(rows, len(held_out), "eval/")
+    # a reward that misbehaves: that answer is unscored, counted. Feedback text is no measure: not computed.
+    reward_cfg = replace(cfg.reward, feedback=None) if cfg.reward.feedback is not None else cfg.reward
+    scorer = Scorer(reward_cfg, cfg.eval.max_new_tokens)
+    own_reward = scores_bare_answers(scorer)
+    rows = scored_rows(scorer, env, examples, answers, own_reward)
     parts = getattr(env, "parts", [])
+    metrics = summarise(rows, len(held_out), "eval/", shared_metrics(env), own_reward)
     for part in parts if len(parts) > 1 else ():
         mine = [r for r, e in zip(rows, examples) if env.owner(e) is part]
         total = sum(env.owner(e) is part for e in held_out)
-        metrics |= summarise(mine, total, f"eval/{part.name}/")
+        metrics |= summarise(mine, total, f"eval/{part.name}/", own_metrics(part), own_reward)
     metrics["eval/skipped_long"] = float(too_long)
     if cfg.eval.n > 1 and not hasattr(env, "answers"):
         prompts = [encode_chat(policy.tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
         metrics[f"eval/pass@{cfg.eval.n}"] = dist.sum_over_ranks(pass_at_n(policy.engine, prompts, examples, cfg,
                                                                            scorer)) / max(len(held_out), 1)
-    metrics |= reward_failures(scorer, [*ACCURACY.values(), cfg.reward.success])
+    measures = [name for p in (parts or [env]) for name in own_metrics(p).values()]
+    run_reward = [*(t.name for t in cfg.reward.terms), cfg.reward.success] if own_reward else []
+    metrics |= reward_failures(scorer, [*run_reward, *measures])
     scorer.close()
     return metrics, rows
+
+
+def scores_bare_answers(scorer: Scorer) -> bool:
+    """Whether the run's rewards can score a greedy answer alone: one that needs the team's conversation or
+    the actor scored (CONTEXT) cannot, so eval/success and eval/reward are left out, with a warning."""
+    needy = [name for name, r in scorer.rewards.items() if r.required & set(CONTEXT)]
+    if needy and dist.rank() == 0:
+        print(f"warning: eval: reward {', '.join(map(repr, needy))} reads the conversation, which eval's greedy "
+              "answers do not carry: eval/success and eval/reward are not logged")
+    return not needy
+
+
+def own_metrics(env) -> dict[str, str]:
+    """The env's own held-out measures, `eval_metrics()`: metric name -> registered reward whose raw value is
+    averaged (an answer it cannot score counts 0). Envs that declare none are measured by the run's reward alone."""
+    declared = getattr(env, "eval_metrics", None)
+    return dict(declared()) if declared is not None else {}
+
+
+def shared_metrics(env) -> dict[str, str]:
+    """A composed env's measures over all its problems: those every part declares alike."""
+    parts = getattr(env, "parts", None)
+    if not parts:
+        return own_metrics(env)
+    mappings = [own_metrics(p) for p in parts]
+    return {k: v for k, v in mappings[0].items() if all(m.get(k) == v for m in mappings[1:])}
+
+
+def scored_rows(scorer: Scorer, env, examples: list, answers: list, own_reward: bool = True) -> list[dict]:
+    """One row per answer: success (reward.success > 0), reward (the weighted terms; None when a term could not
+    score it) unless not `own_reward`, its env's measures and its length. Every reward runs isolated, once per
+    answer (scorer.py)."""
+    answer_rows = [Row(c.text, e) for e, c in zip(examples, answers)]
+    scores = scorer.score_rows(answer_rows, [len(c.token_ids) for c in answers]) if own_reward else None
+    owner = getattr(env, "owner", lambda e: env)
+    measures = [own_metrics(owner(e)) for e in examples]
+    values: dict[str, dict[int, float | None]] = {}
+    for name in dict.fromkeys(n for m in measures for n in m.values()):
+        idx = [i for i, m in enumerate(measures) if name in m.values()]
+        if scores is not None and name in scorer.rewards:  # a term or the success reward: already computed
+            values[name] = {i: scores[i].parts[name] for i in idx}
+        else:
+            values[name] = dict(zip(idx, scorer.values(name, [answer_rows[i] for i in idx])))
+    rows = []
+    for i, (example, c) in enumerate(zip(examples, answers)):
+        row = {"id": example.id, "question": example.question, "answer": example.answer, "completion": c.text,
+               "tokens": len(c.token_ids)}  # per-problem length: scripts/learning_report.py splits it by operator
+        if scores is not None:
+            row |= {"success": scores[i].success, "reward": scores[i].reward}
+        for key, name in measures[i].items():
+            row[key] = values[name][i] or 0.0  # math_verify's None (unparseable gold) counts as not solved
+        rows.append(row)
+    return rows
 
 
 def held_out_examples(env, size: int) -> list:
@@ -71,10 +122,17 @@ def greedy_answers(actors: dict, env, examples: list, cfg: Config) -> list:
     return [c for (c,) in policy.engine.generate(prompts, Sampling(greedy=True, max_new_tokens=cfg.eval.max_new_tokens))]
 
 
-def summarise(rows: list[dict], n: int, prefix: str) -> dict[str, float]:
-    """Means over `n` problems (held out on every rank) of the rows every rank answered (disjoint shares)."""
+def summarise(rows: list[dict], n: int, prefix: str, measures: dict[str, str], own_reward: bool = True
+              ) -> dict[str, float]:
+    """Means over `n` problems (held out on every rank) of the rows every rank answered (disjoint shares);
+    eval/reward is the mean over the answers every term could score (0.0 when none could)."""
     n = max(n, 1)
-    metrics = {f"{prefix}{k}": dist.sum_over_ranks(sum(r[k] for r in rows)) / n for k in ACCURACY}
+    metrics = {}
+    if own_reward:  # the same on every rank (the run's rewards): each sum below is a collective
+        metrics[f"{prefix}success"] = dist.sum_over_ranks(sum(r["success"] for r in rows)) / n
+        scored = [r["reward"] for r in rows if r["reward"] is not None]
+        metrics[f"{prefix}reward"] = dist.sum_over_ranks(sum(scored)) / max(dist.sum_over_ranks(len(scored)), 1)
+    metrics |= {f"{prefix}{k}": dist.sum_over_ranks(sum(r[k] for r in rows)) / n for k in measures}
     metrics[f"{prefix}len"] = dist.sum_over_ranks(sum(r["tokens"] for r in rows)) / n
     return metrics
 

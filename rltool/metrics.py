@@ -176,8 +176,9 @@ class PhaseTimer:
 
 
 SHORT_PHASE = {"generate": "gen", "logprobs": "logp", "advantage": "adv", "update": "upd", "sync": "sync"}
-ACC_KEYS = ("eval/accuracy", "eval/accuracy_strict", "eval/accuracy_flexible")
-"""The first of these present is shown as `acc`; eval runs every few steps, so it stays shown."""
+ACC_KEYS = ("eval/accuracy", "eval/accuracy_strict", "eval/accuracy_flexible", "eval/success")
+"""The first of these present is shown as `acc` (an env without accuracies: its success rate); eval runs every
+few steps, so it stays shown."""
 
 
 def _duration(s: float) -> str:

@@ -1,6 +1,7 @@
 """The model card `final/README.md`: what a user uploads to a hub beside the weights, as it is.
 
-Base model, algorithm and its key settings, data, steps, the final eval metrics, the training
+Base model, algorithm and its key settings, data, steps, the final eval metrics (the run's own reward
+first: eval/success, eval/reward; then the env's own measures), the training
 curves (copied next to the card) and the command that reproduces the run. Everything comes from
 the resolved config and metrics.jsonl, so the card says what ran, not what was meant to.
 """
@@ -68,9 +69,13 @@ def write_model_card(final_dir: Path, run_dir: Path, cfg: Config, final_metrics:
     lines += ["", "## Evaluation", ""]
     if final_metrics:
         n = min(cfg.eval.size or e.eval_size, e.eval_size)
-        lines += [f"{n} held-out `{e.name}` problems after step {trained} (greedy, first attempt):", "",
-                  "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in final_metrics.items()]
+        lines += [f"{n} held-out `{e.name}` problems after step {trained} (greedy, first attempt).", ""]
+        if "eval/success" in final_metrics:
+            lines += [f"`eval/success`: the share of answers the success reward `{cfg.reward.success}` scores above 0; "
+                      f"`eval/reward`: their mean reward ({reward_description(cfg)}).", ""]
+        lines += ["| metric | value |", "|---|---|"]
+        first = {k: final_metrics[k] for k in ("eval/success", "eval/reward") if k in final_metrics}
+        lines += [f"| {k} | {v:.4g} |" for k, v in (first | final_metrics).items()]
     else:
         lines += ["No final evaluation was run (eval.enabled=false)."]
     if (run_dir / "curves.png").is_file():

@@ -2,17 +2,25 @@
 
 Modelled on verl's `register_adv_est`: a failed lookup lists the valid names, so a typo in
 YAML becomes one readable line instead of a KeyError traceback.
+
+A registry with a `home` package is complete whenever it is read: its first lookup imports every
+module under that package once (`discover`), so rltool's own components register the way a
+plugin does, by being imported, and no module keeps a list of the others to import.
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import importlib
+import pkgutil
+from typing import Callable, Generic, Optional, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
 
 class Registry(Generic[F]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, home: Optional[str] = None):
         self.kind = kind
+        self.home = home
+        """The package (e.g. "rltool.algos") whose modules register into this registry."""
         self._entries: dict[str, F] = {}
 
     def register(self, name: str) -> Callable[[F], F]:
@@ -25,12 +33,37 @@ class Registry(Generic[F]):
         return add
 
     def __getitem__(self, name: str) -> F:
+        self._complete()
         if name not in self._entries:
             raise KeyError(f"unknown {self.kind} '{name}'; valid: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 
     def __contains__(self, name: str) -> bool:
+        self._complete()
         return name in self._entries
 
     def names(self) -> list[str]:
+        self._complete()
         return sorted(self._entries)
+
+    def _complete(self) -> None:
+        if self.home is not None:
+            discover(self.home)
+
+
+_DISCOVERED: set[str] = set()
+
+
+def discover(package: str) -> None:
+    """Import every module under `package` (subpackages included), once per process. Called at lookup
+    time, never at import time, so modules may import each other's registries in any order."""
+    if package in _DISCOVERED:
+        return
+    _DISCOVERED.add(package)  # first: a module that reads a registry while being imported does not recurse
+    try:
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, package + "."):
+            importlib.import_module(info.name)
+    except BaseException:
+        _DISCOVERED.discard(package)
+        raise

@@ -25,7 +25,8 @@ from omegaconf import DictConfig
 
 from rltool.config import ConfigError
 
-METRICS = ("eval/accuracy_strict", "eval/accuracy_flexible", "eval/accuracy_math_verify", "eval/format_rate")
+COUNTERS = ("eval/reward/failed/", "eval/skipped_long")
+"""Metrics that count trouble: a column of these that is 0 in every job is left out of the printed table."""
 ROW_FILE = "sweep_job.json"
 SUMMARY_FILE = "multirun_summary.csv"
 
@@ -130,7 +131,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = sorted((JobResult(**json.loads(p.read_text())) for p in sweep_dir.glob(f"**/{ROW_FILE}")),
                       key=lambda r: r.job)
-        columns = METRICS + (() if config.sweep_metric in METRICS else (config.sweep_metric,))
+        columns = logged_metrics(rows, config.sweep_metric)
         write_csv(rows, columns, sweep_dir / SUMMARY_FILE)
         print_table(rows, columns, sweep_dir / SUMMARY_FILE)
         failed = [str(r.job) for r in rows if r.status != "ok"]
@@ -138,6 +139,12 @@ class SweepSummary(Callback):
             print(f"rltool: {len(failed)} of {len(rows)} jobs failed (job {', '.join(failed)}): exit code 1",
                   file=sys.stderr)
             sys.exit(1)
+
+
+def logged_metrics(rows: list[JobResult], sweep_metric: str) -> tuple[str, ...]:
+    """The summary's columns: the final metrics the jobs logged, `sweep_metric` first, then in the order the
+    jobs logged them (by job number; a metric only a later job has comes after the others)."""
+    return tuple(dict.fromkeys([sweep_metric, *(k for r in rows for k in r.metrics)]))
 
 
 def write_csv(rows: list[JobResult], columns: tuple[str, ...], path: Path) -> None:
@@ -160,8 +167,9 @@ def print_table(rows: list[JobResult], columns: tuple[str, ...], csv_path: Path)
     table.add_column("job", no_wrap=True)
     table.add_column("overrides", overflow="fold")
     table.add_column("status", no_wrap=True)
-    for c in columns:  # eval/accuracy_strict -> strict
-        table.add_column(c.removeprefix("eval/").removeprefix("accuracy_"), justify="right", no_wrap=True)
+    columns = tuple(c for c in columns if not c.startswith(COUNTERS) or any(r.metrics.get(c) for r in rows))
+    for c in columns:  # eval/accuracy_strict -> accuracy_strict
+        table.add_column(c.removeprefix("eval/"), justify="right", no_wrap=True)
     table.add_column("run dir", overflow="fold")
     for r in rows:
         cells = [f"{r.metrics[c]:.3f}" if c in r.metrics else "-" for c in columns]

@@ -30,7 +30,8 @@ def eval_curve(run_dir: Path) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--metric", default="eval/accuracy_flexible")
+    p.add_argument("--metric", default="eval/success",
+                   help="an eval metric of metrics.jsonl (default: eval/success, the success rate on the run's reward)")
     p.add_argument("--out", default="bench_results/compare")
     args = p.parse_args()
     for run in args.runs:

@@ -17,7 +17,7 @@ from torch import Tensor
 from rltool.registry import Registry
 
 AdvantageFn = Callable[..., Tensor]
-ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", home="rltool.algos")
 register_advantage = ADVANTAGES.register
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from rltool.registry import Registry
 
 StepAdvantageFn = Callable[..., tuple[Tensor, Tensor]]
-STEP_ADVANTAGES: Registry[StepAdvantageFn] = Registry("per-step advantage estimator")
+STEP_ADVANTAGES: Registry[StepAdvantageFn] = Registry("per-step advantage estimator", home="rltool.algos")
 register_step_advantage = STEP_ADVANTAGES.register
 
 

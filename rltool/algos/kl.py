@@ -23,7 +23,7 @@ from torch import Tensor
 from rltool.registry import Registry
 
 KLFn = Callable[[Tensor, Tensor], Tensor]
-KL_ESTIMATORS: Registry[KLFn] = Registry("kl estimator")
+KL_ESTIMATORS: Registry[KLFn] = Registry("kl estimator", home="rltool.algos")
 register_kl = KL_ESTIMATORS.register
 
 MAX_LOG_RATIO = 20.0

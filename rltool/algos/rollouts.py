@@ -22,7 +22,7 @@ from rltool.rollout.engine import Engine, Sampling
 from rltool.rollout.prompts import encode_chat
 from rltool.samples import Completion, Sample
 
-ROLLOUTS: Registry[Callable[["RolloutContext"], Any]] = Registry("rollout")
+ROLLOUTS: Registry[Callable[["RolloutContext"], Any]] = Registry("rollout", home="rltool.algos")
 register_rollout = ROLLOUTS.register
 
 
@@ -175,7 +175,3 @@ class GroupRollout:
 def _mean(xs: list[float | None]) -> float:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else 0.0
-
-
-# Imported last: rollouts of other algorithms register themselves with register_rollout above.
-from rltool.algos import agrl, erl  # noqa: E402,F401

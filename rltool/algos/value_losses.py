@@ -23,7 +23,7 @@ class ValueLossParams:
 
 
 ValueLossFn = Callable[[Tensor, Tensor, Tensor, ValueLossParams], tuple[Tensor, dict[str, Tensor]]]
-VALUE_LOSSES: Registry[ValueLossFn] = Registry("value loss")
+VALUE_LOSSES: Registry[ValueLossFn] = Registry("value loss", home="rltool.algos")
 register_value_loss = VALUE_LOSSES.register
 
 

@@ -1,4 +1,5 @@
-"""Environments: where prompts come from. One file per environment, registered by name.
+"""Environments: where prompts come from. One file per environment, registered by name; ENVS imports
+every module of this package on its first lookup (rltool/registry.py), so there is no list to edit.
 
 Envs only provide examples and chat messages; scoring belongs to the reward group's Scorer, so
 the same env can be trained with different rewards by changing YAML alone.
@@ -13,7 +14,7 @@ from rltool.envs.base import Env, Example
 from rltool.envs.compose import ComposedEnv
 from rltool.registry import Registry
 
-ENVS: Registry[Callable[[EnvConfig], Env]] = Registry("environment")
+ENVS: Registry[Callable[[EnvConfig], Env]] = Registry("environment", home="rltool.envs")
 
 
 def register_env(name: str):
@@ -22,10 +23,13 @@ def register_env(name: str):
 
 
 def validate_env_config(cfg: EnvConfig) -> None:
-    """Raise ConfigError if env.name names an unregistered environment (cheap: builds nothing)."""
+    """Raise ConfigError if env.name names an unregistered environment, or a part's own `check(cfg)` (an env
+    that reads the user's data checks it here) refuses the config. Builds nothing, loads no model."""
     for name in cfg.name.split("+"):
         if name not in ENVS:
             raise ConfigError(f"env.name={cfg.name!r}: unknown environment {name!r}; valid: {', '.join(ENVS.names())}")
+    for name in dict.fromkeys(cfg.name.split("+")):
+        getattr(ENVS[name], "check", lambda cfg: None)(cfg)
 
 
 def make_env(cfg: EnvConfig) -> Env:
@@ -33,8 +37,5 @@ def make_env(cfg: EnvConfig) -> Env:
     parts = [ENVS[name](cfg) for name in cfg.name.split("+")]
     return parts[0] if len(parts) == 1 else ComposedEnv(parts, cfg.mix, cfg.eval_only)
 
-
-# Imported last: these modules use register_env, defined above.
-from rltool.envs import arithmetic, article_curriculum, collab, gsm8k, parallel  # noqa: E402,F401
 
 __all__ = ["ENVS", "Env", "Example", "make_env", "register_env", "validate_env_config"]

@@ -13,6 +13,7 @@ from typing import Iterator
 from rltool.config import EnvConfig, check
 from rltool.envs import register_env
 from rltool.envs.base import Example
+from rltool.envs.gsm8k import NUMERIC_ANSWER_METRICS
 from rltool.envs.single_turn import SingleTurnEnv
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -53,3 +54,6 @@ class ArithmeticEnv(SingleTurnEnv):
             train=[Example(f"arithmetic-train-{i}", q, a) for i, (q, a) in enumerate(train)],
             eval=[Example(f"arithmetic-eval-{i}", q, a) for i, (q, a) in enumerate(eval.items())],
         )
+
+    def eval_metrics(self) -> dict[str, str]:
+        return NUMERIC_ANSWER_METRICS

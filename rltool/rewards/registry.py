@@ -215,8 +215,8 @@ def where(fn: Callable) -> str:
     return f"{label} in {code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}"
 
 
-REWARDS: Registry[Reward] = Registry("reward")
-FEEDBACK: Registry[FeedbackFn] = Registry("feedback")
+REWARDS: Registry[Reward] = Registry("reward", home="rltool.rewards")
+FEEDBACK: Registry[FeedbackFn] = Registry("feedback", home="rltool.rewards")
 
 
 def reward(name: str, *, batched: bool = False) -> Callable[[RewardFn], RewardFn]:

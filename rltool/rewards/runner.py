@@ -13,9 +13,9 @@ since the last checkpoint. `until` (a time.monotonic() instant: the reward phase
   returns to the interpreter; rltool/rewards/score.py's phase deadline stops the run then (if that C
   code also holds the GIL, nothing in this process can: use workers). Off the main thread (no
   signals there) the call runs in a daemon thread that is abandoned when it overruns.
-- `workers=N`: N spawned worker processes (they import rltool.rewards and reward.module, never
-  torch, so they know the shipped rewards and reward.module's, not ones registered at run time by
-  other code). Calls go to whichever worker is free, each with its own deadline, and are waited on
+- `workers=N`: N spawned worker processes (they import rltool.rewards, the plugins this process
+  imported and reward.module, so they know the shipped rewards and those, not ones registered at run
+  time by other code). Calls go to whichever worker is free, each with its own deadline, and are waited on
   together: N hung calls cost one timeout, not N. A worker that overruns is killed and replaced, so
   nothing can hang. Costs a pickle of each row and ~0.3 s per worker at start-up.
 
@@ -34,6 +34,7 @@ from multiprocessing.connection import wait
 from typing import Optional, Sequence
 
 from rltool.config import ConfigError
+from rltool.plugins import loaded_plugins
 from rltool.rewards.registry import REWARDS, Reward, Row, feedback_entry, load_reward_module
 from rltool.rewards.values import Value
 
@@ -168,10 +169,12 @@ def _in_thread(fn, timeout_s: float):
     return box["out"]
 
 
-def _worker(conn, module: Optional[str]) -> None:
+def _worker(conn, module: Optional[str], plugins: tuple[str, ...] = ()) -> None:
     """A worker process's loop: (kind, name, rows) in, ("ok", [Value]) | ("err", text) | ("config", text) out."""
     import rltool.rewards  # noqa: F401  (registers the shipped rewards)
+    from rltool.plugins import load_plugins
 
+    load_plugins(plugins)
     if module is not None:
         load_reward_module(module)
     conn.send(("ready", None))  # start-up (imports) does not count against a call's deadline
@@ -198,6 +201,7 @@ class _Pool:
     def __init__(self, n: int, module: Optional[str]):
         self.ctx = mp.get_context("spawn")  # fork would copy the trainer's threads and CUDA state
         self.module = module
+        self.plugins = loaded_plugins()  # a plugin's rewards are scored in the workers too
         self.slots: list[Optional[tuple]] = [None] * n  # (process, connection)
 
     def _start(self, slots: Sequence[int]) -> None:
@@ -206,7 +210,7 @@ class _Pool:
         for i in slots:
             if self.slots[i] is None:
                 parent, child = self.ctx.Pipe()
-                p = self.ctx.Process(target=_worker, args=(child, self.module), daemon=True)
+                p = self.ctx.Process(target=_worker, args=(child, self.module, self.plugins), daemon=True)
                 p.start()
                 child.close()
                 self.slots[i] = (p, parent)

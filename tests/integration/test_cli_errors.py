@@ -12,7 +12,11 @@ CASES = [
     (["reward.terms=[{name: nope}]"], "reward.terms[0].name='nope': unknown reward"),
     (["actors.path=outputs/missing/final"], "actors.policy.path='outputs/missing/final': no such directory"),
     (["algo.advantage=foo"], "algo.advantage='foo': unknown; valid: dr_grpo, grpo, reinforce_pp, rloo"),
-    (["algo.kl_estimator=k9"], "algo.kl_estimator='k9': must be one of k1, k2, k3"),
+    (["algo.kl_estimator=k9"], "algo.kl_estimator='k9': unknown; valid: k1, k2, k3"),
+    (["algo.agg=foo"], "algo.agg='foo': unknown; valid: bnpo, dapo, dr_grpo, grpo"),
+    (["actors.path=./no-such-model"], "actors.policy.path='./no-such-model': no such directory (a local path; a hub id is org/name)"),
+    (["actors.path=/no/such/model"], "actors.policy.path='/no/such/model': no such directory"),
+    (["plugins=[no_such_plugin.py]"], "plugins[0]='no_such_plugin.py': no such file"),
     (["env.name=nope"], "env.name='nope': unknown environment 'nope'; valid: arithmetic, article_curriculum, collab, "),
     (["env=collab_arithmetic", "env.answer_from=bob"], "env.answer_from='bob': must be last or an actor (solver, checker)"),
     (["env=parallel_gsm8k", "env.drafter=x"], "env.drafter='x': not an actor; actors: policy"),
@@ -60,9 +64,59 @@ CASES = [
 ]
 
 
-if not torch.cuda.is_available():  # the refusal is what is tested; on a GPU box the config is fine
+if not torch.cuda.is_available():  # train refuses what validate accepts; on a GPU box the config is fine
     CASES.append((["hardware=gpu1"], "hardware=gpu1: asks for device=cuda but no GPU is visible"))
     CASES.append((["hardware=gpu8"], "hardware=gpu8: asks for device=cuda but no GPU is visible"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_validate_plans_a_gpu_profile_on_a_machine_without_one(tmp_path):
+    proc = rltool("validate", "hardware=gpu8", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    assert "plan: grpo on gsm8k" in proc.stdout and "(cuda, bfloat16, 8 processes, engine=vllm)" in proc.stdout
+    assert "hardware=gpu8: asks for device=cuda but no GPU is visible here" in proc.stderr
+    assert proc.stderr.strip().endswith("rltool: config OK") and not (tmp_path / "run").exists()
+
+
+def test_help_exits_zero_with_the_commands():
+    for flag in ("--help", "-h"):
+        proc = rltool(flag, timeout=60)
+        assert proc.stdout.startswith("usage: rltool {train,eval,validate}")
+        assert all(word in proc.stdout for word in ("validate", "plugins=", "rltool.plugins"))
+    assert rltool(check=False, timeout=60).returncode == 2  # no command: usage, exit 2
+
+
+USER_CODE = """
+from rltool.algos.kl import KL_ESTIMATORS
+from rltool.envs import register_env
+from rltool.envs.arithmetic import ArithmeticEnv
+from rltool.rewards import reward
+
+register_env("{env}")(type("PluginEnv", (ArithmeticEnv,), {{"name": "{env}"}}))
+KL_ESTIMATORS.register("k_plugin")(KL_ESTIMATORS["k3"])
+
+@reward("{reward}")
+def says_yes(completion, example):
+    return float("yes" in completion)
+"""
+
+
+def test_plugin_names_count_in_validation(tmp_path):
+    """What a plugin registers is known before any check: its env, its reward, a KL estimator (the choice
+    list is the registry's, not a copy in config.py)."""
+    plugin = tmp_path / "my_task.py"
+    plugin.write_text(USER_CODE.format(env="plugin_env", reward="plugin_yes"))
+    proc = rltool("validate", f"plugins=[{plugin}]", "env.name=plugin_env", "reward.terms=[{name: plugin_yes}]",
+                  "reward.success=plugin_yes", "algo.kl_estimator=k_plugin", timeout=120)
+    assert "name: plugin_env" in proc.stdout and "kl_estimator: k_plugin" in proc.stdout
+
+
+def test_reward_module_may_register_an_environment(tmp_path):
+    """reward.module (the older hook) is imported with the plugins, before the env name is checked."""
+    module = tmp_path / "rewards_and_env.py"
+    module.write_text(USER_CODE.format(env="module_env", reward="module_yes"))
+    proc = rltool("validate", f"reward.module={module}", "env.name=module_env", "reward.success=module_yes",
+                  timeout=120)
+    assert "name: module_env" in proc.stdout
 
 
 @pytest.mark.parametrize("overrides,message", CASES)

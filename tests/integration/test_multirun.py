@@ -15,7 +15,9 @@ TINY = ["env=arithmetic", "reward=arithmetic", "rollout.engine=hf", "hardware=cp
 # Job dirs are named after the overrides; with Optuna's long floats the fixed ones would pass the
 # 255-byte file-name limit, so they are left out of the name.
 SHORT_DIRS = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(o.split("=")[0] for o in TINY) + "]"
-METRICS = ["eval/accuracy_strict", "eval/accuracy_flexible", "eval/accuracy_math_verify", "eval/format_rate"]
+# what the jobs log (reward=arithmetic: one gsm8k_flexible term, so eval/reward is in [0, 1] too)
+METRICS = ["eval/success", "eval/reward", "eval/accuracy_strict", "eval/accuracy_flexible",
+           "eval/accuracy_math_verify", "eval/format_rate"]
 
 
 def summary(sweep_dir):
@@ -27,16 +29,17 @@ def test_optuna_sweep_tables_every_trial(tmp_path):
                   "trainer.group_size=2", SHORT_DIRS, f"hydra.sweep.dir={tmp_path}", timeout=1800)
     rows = summary(tmp_path)
     assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok")]
+    assert list(rows[0])[3] == "eval/success"  # the sweep_metric's column first
     for r in rows:
         assert all(0.0 <= float(r[m]) <= 1.0 for m in METRICS), r
         assert "trainer.lr=" in r["overrides"] and "algo.clip_eps_high=" in r["overrides"]
         assert (tmp_path / r["run_dir"] / "final" / "policy" / "model.safetensors").exists()
     assert len({r["run_dir"] for r in rows}) == 2
-    # Optuna got each trial's sweep_metric (eval/accuracy_flexible) as its objective.
+    # Optuna got each trial's sweep_metric (default eval/success: reward.success on the held-out set) as its objective.
     log = proc.stdout + proc.stderr
     assert "Best value: " in log
     best = float(log.split("Best value: ")[1].split()[0])
-    assert math.isclose(best, max(float(r["eval/accuracy_flexible"]) for r in rows))
+    assert math.isclose(best, max(float(r["eval/success"]) for r in rows))
 
 
 def test_failing_and_hung_jobs_are_reported_and_the_sweep_goes_on(tmp_path):

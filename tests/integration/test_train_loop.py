@@ -43,6 +43,12 @@ def test_eval_at_zero_every_and_end(full_run):
     evals = by_step(read_jsonl(run / "metrics.jsonl"), "eval/accuracy_strict")
     assert sorted(evals) == [0, 2, 3]
     assert all(0.0 <= v <= 1.0 for v in evals.values())
+    # on the run's own reward (reward=arithmetic: success and the one term are gsm8k_flexible, length penalty 0.5
+    # per max_new_tokens=24): success is the flexible accuracy, reward that minus 0.5 * mean length / 24
+    assert sorted(by_step(read_jsonl(run / "metrics.jsonl"), "eval/success")) == [0, 2, 3]
+    for r in (r for r in read_jsonl(run / "metrics.jsonl") if "eval/success" in r):
+        assert r["eval/success"] == r["eval/accuracy_flexible"], r
+        assert math.isclose(r["eval/reward"], r["eval/accuracy_flexible"] - 0.5 * r["eval/len"] / 24, abs_tol=1e-9), r
 
 
 def test_weights_changed_and_checkpoints_pruned(full_run):

@@ -59,6 +59,12 @@ def test_progress_prints_plain_lines_when_not_a_tty(capsys):
     assert lines[1].startswith("step 3/4 | reward 0.5 | acc 0.05 | gen 9.0s sync 0.8s | eta ")  # acc is sticky
 
 
+def test_progress_shows_the_success_rate_where_an_env_logs_no_accuracy(capsys):
+    with Progress(total_steps=2, start_step=0, enabled=True) as progress:
+        progress.update(1, {"reward/mean": 0.5, "eval/success": 0.25, "eval/reward": 0.75}, {})
+    assert capsys.readouterr().out.startswith("step 1/2 | reward 0.5 | acc 0.25 | eta ")
+
+
 def test_disabled_progress_prints_nothing(capsys):
     with Progress(total_steps=4, start_step=0, enabled=False) as progress:
         progress.update(1, {"reward/mean": 0.5}, {"generate": 1.0})

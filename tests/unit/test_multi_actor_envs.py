@@ -259,3 +259,4 @@ def test_composed_eval_gives_each_part_its_own_problems(tok):
     assert sorted(r["id"].split("-")[0] for r in rows) == ["collab_arithmetic", "collab_arithmetic", "gsm8k", "gsm8k"]
     assert metrics["eval/gsm8k/accuracy_flexible"] == 1.0 and metrics["eval/collab_arithmetic/accuracy_flexible"] == 1.0
     assert metrics["eval/accuracy_flexible"] == 1.0
+    assert metrics["eval/success"] == 1.0 and metrics["eval/collab_arithmetic/success"] == 1.0  # its reward too

@@ -98,7 +98,7 @@ BAD = [  # (overrides, what the one line must say)
     # registry names and choices
     (["algo.advantage=foo"], "algo.advantage='foo': unknown; valid:"),
     (["algo.loss=foo"], "algo.loss='foo': unknown; valid:"),
-    (["algo.kl_estimator=k9"], "algo.kl_estimator='k9': must be one of k1, k2, k3"),
+    (["algo.kl_estimator=k9"], "algo.kl_estimator='k9': unknown; valid: k1, k2, k3"),
     (["rollout.engine=sglang"], "rollout.engine='sglang': must be one of vllm, hf"),
     (["reward.success=nope"], "reward.success='nope': unknown reward; valid:"),
     (["trainer.logger=nope"], "'nope' is not a logger"),

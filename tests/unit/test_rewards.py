@@ -73,8 +73,8 @@ def test_every_registered_function_has_a_test():
     assert {n for n in FEEDBACK.names() if FEEDBACK[n].__module__.startswith("rltool.")} - set(FEEDBACK_CASES) == set()
 
 
-@pytest.mark.parametrize("name", REWARDS.names())
-def test_feedback_never_reveals_the_gold(name):
+@pytest.mark.parametrize("name", [n for n in REWARDS.names() if REWARDS[n].fn.__module__.startswith("rltool.")])
+def test_feedback_never_reveals_the_gold(name):  # rltool's own: test modules collected earlier register others
     for completion in ("#### 17", "17", "$\\boxed{17}$", "no idea"):
         _, text = call_reward(REWARDS[name], completion, ex("4096"))
         assert "4096" not in text

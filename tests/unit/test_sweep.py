@@ -13,8 +13,9 @@ from rltool.config import ConfigError, short_dirname
 
 METRICS = {"eval/accuracy_strict": 0.25, "eval/accuracy_flexible": 0.5, "eval/accuracy_math_verify": 0.5,
            "eval/format_rate": 1.0, "eval/len": 7.0}
-HEADER = ["job", "overrides", "status", "eval/accuracy_strict", "eval/accuracy_flexible",
-          "eval/accuracy_math_verify", "eval/format_rate", "run_dir", "error"]
+# the metrics the jobs logged, the sweep_metric (eval/accuracy_flexible in most tests here) first
+HEADER = ["job", "overrides", "status", "eval/accuracy_flexible", "eval/accuracy_strict",
+          "eval/accuracy_math_verify", "eval/format_rate", "eval/len", "run_dir", "error"]
 
 
 def hydra_config(sweep_dir, num, mode=RunMode.MULTIRUN, sweep_metric="eval/accuracy_flexible"):
@@ -56,10 +57,10 @@ def test_failed_jobs_are_tabled_and_the_exit_code_is_one(tmp_path, capsys):
     tb = tmp_path / "2" / "traceback.txt"
     assert read_csv(tmp_path / "multirun_summary.csv") == [
         HEADER,
-        ["0", "seed=0", "ok", "0.25", "0.5", "0.5", "1.0", str(tmp_path / "0"), ""],
-        ["1", "trainer.group_size=1", "failed", "", "", "", "", str(tmp_path / "1"),
+        ["0", "seed=0", "ok", "0.5", "0.25", "0.5", "1.0", "7.0", str(tmp_path / "0"), ""],
+        ["1", "trainer.group_size=1", "failed", "", "", "", "", "", str(tmp_path / "1"),
          "config error: trainer.group_size=1: must be >= 2"],
-        ["2", "seed=1", "failed", "", "", "", "", str(tmp_path / "2"),
+        ["2", "seed=1", "failed", "", "", "", "", "", str(tmp_path / "2"),
          f"RuntimeError: CUDA out of memory (traceback: {tb})"],
     ]
     assert "raise_(RuntimeError(" in tb.read_text()
@@ -83,15 +84,36 @@ def test_all_ok_exits_normally_and_tables_an_extra_sweep_metric(tmp_path, capsys
     cb.on_multirun_end(hydra_config(tmp_path, 0, sweep_metric=metric))
 
     rows = read_csv(tmp_path / "multirun_summary.csv")
-    assert rows[0] == HEADER[:7] + [metric] + HEADER[7:]
-    assert [r[:3] + r[7:8] for r in rows[1:]] == [["0", "algo=grpo seed=0", "ok", "0.75"],
-                                                   ["1", "algo=dr_grpo seed=0", "ok", ""]]
+    assert rows[0] == HEADER[:3] + [metric, "eval/accuracy_strict", "eval/accuracy_flexible"] + HEADER[5:]
+    assert [r[:4] for r in rows[1:]] == [["0", "algo=grpo seed=0", "ok", "0.75"], ["1", "algo=dr_grpo seed=0", "ok", ""]]
     out, err = capsys.readouterr()
     assert err == (f"rltool: job 1: sweep_metric='{metric}' is not a final metric; available: "
                    + ", ".join(METRICS) + "\n")
     assert "every job: seed=0\n" in out  # shared overrides are printed once
     assert [line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│")] == ["algo=grpo",
                                                                                              "algo=dr_grpo"]
+
+
+def test_columns_are_the_metrics_the_jobs_logged_with_the_sweep_metric_first(tmp_path, capsys):
+    """A user's task logs no GSM8K accuracies: its table shows what its jobs did log, in the order they logged
+    it (a metric only a later job logged comes after); zero failure counters stay in the CSV, not the table."""
+    cb = sweep.SweepSummary()
+    words = {"eval/success": 0.25, "eval/reward": 1.5, "eval/len": 3.0, "eval/reward/failed/said_it": 0.0}
+    assert run_one(cb, tmp_path, 0, ["seed=0"], lambda: words, "eval/reward") == 1.5
+    assert run_one(cb, tmp_path, 1, ["seed=1"], lambda: words | {"eval/pass@4": 0.5}, "eval/reward") == 1.5
+    cb.on_multirun_end(hydra_config(tmp_path, 0, sweep_metric="eval/reward"))
+    rows = read_csv(tmp_path / "multirun_summary.csv")
+    assert rows[0] == ["job", "overrides", "status", "eval/reward", "eval/success", "eval/len",
+                       "eval/reward/failed/said_it", "eval/pass@4", "run_dir", "error"]
+    assert [r[3:8] for r in rows[1:]] == [["1.5", "0.25", "3.0", "0.0", ""], ["1.5", "0.25", "3.0", "0.0", "0.5"]]
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "job" in line and "status" in line)
+    assert [c.strip() for c in header.split("┃")[4:8]] == ["reward", "success", "len", "pass@4"]
+
+
+def test_the_default_sweep_metric_is_the_success_rate_on_the_runs_own_reward(compose_config):
+    assert compose_config().sweep_metric == "eval/success"
+    assert compose_config("algo=ppo", "env=frozenlake_text").sweep_metric == "eval/return"  # an algorithm may set its own
 
 
 def test_validate_jobs_return_nothing_and_eval_disabled_is_reported(tmp_path, capsys):

@@ -1,19 +1,18 @@
 """Text environments for encoder agents (algo=ppo): every state and action is a string.
 
-One file per environment, registered by name. The built-in ones wrap gymnasium's toy-text envs and
+One file per environment, registered by name: TEXT_ENVS imports this package's modules on its first
+lookup (rltool/registry.py), so a new environment is one file here (plus its YAML in conf/env/). The built-in ones wrap gymnasium's toy-text envs and
 describe each state in words (their templates are in each file's docstring); bandit_text is written
 against the bare `TextEnv` interface (text_env.py), the way a user environment is.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Callable
 
 from rltool.config import ConfigError, EnvConfig
 from rltool.registry import Registry
 
-TEXT_ENVS: Registry[Callable[[EnvConfig], object]] = Registry("text environment")
+TEXT_ENVS: Registry[Callable[[EnvConfig], object]] = Registry("text environment", home="rltool.envs.text_gym")
 register_text_env = TEXT_ENVS.register
 
 
@@ -40,14 +39,3 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, max_episode_steps: int = 0):
 
     validate_text_env_config(cfg)
     return SyncVectorEnv([make for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP)
-
-
-def _import_environments() -> None:
-    """Every module of this package registers itself when imported: a new environment is one file here
-    (plus its YAML in conf/env/), with no list to edit."""
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "text_env":
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-_import_environments()  # last: the modules use register_text_env, defined above
