@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 import traceback
+from types import ModuleType
 from typing import Iterable, Optional
 
 from rltool.config import ConfigError
@@ -62,9 +63,19 @@ def import_file(path: str, key: str) -> None:
     resolved = os.path.realpath(path)
     if resolved in _LOADED:
         return
+    exec_file(path, key, "rltool_plugin_", " (a plugin is a .py file or an importable module name)")
+    _LOADED.add(resolved)
+    _SPECS.append(resolved)
+
+
+def exec_file(path: str, key: str, prefix: str, missing_hint: str = "") -> ModuleType:
+    """Import the user's file `path` as a module named after it (`prefix` + its path); a failure is one
+    ConfigError line naming `key`, the file's own line and the error, and leaves no module behind.
+    Shared by `plugins` and `reward.module`."""
+    resolved = os.path.realpath(path)
     if not os.path.isfile(resolved):
-        raise ConfigError(f"{key}={path!r}: no such file (a plugin is a .py file or an importable module name)")
-    name = "rltool_plugin_" + "".join(c if c.isalnum() else "_" for c in resolved)
+        raise ConfigError(f"{key}={path!r}: no such file{missing_hint}")
+    name = prefix + "".join(c if c.isalnum() else "_" for c in resolved)
     spec = importlib.util.spec_from_file_location(name, resolved)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look modules up here
@@ -73,8 +84,7 @@ def import_file(path: str, key: str) -> None:
     except Exception as e:  # the user's file: one line naming it, never a traceback
         del sys.modules[name]
         raise ConfigError(f"{key}={path!r}: {describe(e, resolved)}") from None
-    _LOADED.add(resolved)
-    _SPECS.append(resolved)
+    return module
 
 
 def import_module(name: str, key: str) -> None:

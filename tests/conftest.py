@@ -54,3 +54,17 @@ def compose_config():
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             return OmegaConf.to_object(compose(config_name="config", overrides=["output_dir=x", *overrides]))
     return composed
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The embedded model's tokenizer (chat template included), loaded once for the unit tests that build
+    prompts; `make setup` materializes it."""
+    from transformers import AutoTokenizer
+
+    from rltool.actors.embedded import rltool_home
+
+    path = rltool_home() / "models" / "smollm2-135m-instruct"
+    if not (path / "tokenizer.json").exists():
+        pytest.skip("embedded model not materialized (python -m rltool.actors.embedded)")
+    return AutoTokenizer.from_pretrained(path)

@@ -270,35 +270,21 @@ def load_reward_module(path: str) -> tuple[str, ...]:
     line naming the file: missing, a syntax or import error (its type, line and first line), a name
     registered twice, an unreadable signature.
     """
-    import importlib.util
     import os
-    import sys
-    import traceback
+
+    from rltool.plugins import exec_file
 
     key = os.path.realpath(path)
     if key in _LOADED:
         return _LOADED[key]
-    if not os.path.isfile(key):
-        raise ConfigError(f"reward.module={path!r}: no such file")
     before = set(REWARDS.names())
-    name = "rltool_user_rewards_" + "".join(c if c.isalnum() else "_" for c in key)
-    spec = importlib.util.spec_from_file_location(name, key)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look modules up here
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # the user's file: turned into one line, never a traceback
-        del sys.modules[name]
+        module = exec_file(path, "reward.module", "rltool_user_rewards_")
+    except ConfigError:
         for added in set(REWARDS.names()) - before:  # a half-imported file leaves nothing behind
             del REWARDS._entries[added]
-        if isinstance(e, ConfigError):  # a decorator refused a signature
-            raise ConfigError(f"reward.module={path!r}: {e}") from None
-        if isinstance(e, SyntaxError):
-            raise ConfigError(f"reward.module={path!r}: SyntaxError at line {e.lineno}: {e.msg}") from None
-        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.realpath(f.filename) == key]
-        at = f" at line {lines[-1]}" if lines else ""
-        first = (str(e).splitlines() or [""])[0]
-        raise ConfigError(f"reward.module={path!r}: {type(e).__name__}{at} while importing: {first}") from None
+        raise
+    name = module.__name__
     decorated = {id(REWARDS[n].fn) for n in REWARDS.names()}
     for attr, fn in vars(module).items():
         if attr.startswith("_") or not inspect.isfunction(fn) or fn.__module__ != name or id(fn) in decorated:

@@ -27,13 +27,6 @@ RETRY_MARK = "Use this plan:"
 G = 4
 
 
-@pytest.fixture(scope="module")
-def tok():
-    if not (TOKENIZER / "tokenizer.json").exists():
-        pytest.skip("embedded model not materialized (python -m rltool.actors.embedded)")
-    return AutoTokenizer.from_pretrained(TOKENIZER)
-
-
 class ScriptedEngine:
     def __init__(self, tok, examples, attempts: dict[str, str], good=(), plan="plan: add the digits"):
         self.tok, self.examples, self.attempts, self.good, self.plan = tok, examples, attempts, set(good), plan

@@ -1,10 +1,7 @@
 """Held-out eval on the run's own reward: eval/success and eval/reward for every env, and each env's own
 extra metrics (gsm8k/arithmetic: the accuracies), with a scripted engine and the real tokenizer."""
-from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-from transformers import AutoTokenizer
 
 from rltool.config import EnvConfig, RewardConfig, RewardTerm
 from rltool.envs import make_env
@@ -13,16 +10,6 @@ from rltool.envs.single_turn import SingleTurnEnv
 from rltool.evaluate import evaluate
 from rltool.rewards.registry import reward
 from rltool.samples import Completion
-
-TOKENIZER = Path.home() / ".cache" / "rltool" / "models" / "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    if not (TOKENIZER / "tokenizer.json").exists():
-        pytest.skip("embedded model not materialized (python -m rltool.actors.embedded)")
-    return AutoTokenizer.from_pretrained(TOKENIZER)
-
 
 class ByProblem:
     """Greedy engine: `reply(i, gold)` for the i-th problem it is shown (by the gold answer in the prompt)."""

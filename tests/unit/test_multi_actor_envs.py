@@ -2,12 +2,9 @@
 with which reward. The real engines run in tests/integration/test_multi_actor.py."""
 import random
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
-from transformers import AutoTokenizer
 
 from rltool.algos.rollouts import GroupIds
 from rltool.batch import collate
@@ -19,16 +16,6 @@ from rltool.rewards.score import Scorer
 from rltool.rollout.engine import Sampling
 from rltool.samples import Completion
 from rltool.steps import compute_advantages
-
-TOKENIZER = Path.home() / ".cache" / "rltool" / "models" / "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    if not (TOKENIZER / "tokenizer.json").exists():
-        pytest.skip("embedded model not materialized (python -m rltool.actors.embedded)")
-    return AutoTokenizer.from_pretrained(TOKENIZER)
-
 
 class Scripted:
     """Replies to each prompt in turn from `replies` (cycling); records every call's prompts and sampling."""
