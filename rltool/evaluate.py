@@ -19,35 +19,35 @@ from rltool.rollout.prompts import encode_chat, fitting_examples
 def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dict]]:
     """Metrics over every held-out problem; each rank answers its share (rows: this rank's).
 
-    The answer to a problem is the policy's greedy completion, or, in an environment of several actors
-    (`env.answers`), the answer its extraction rule picks from their greedy conversation. A composed
+    The answer to a problem is `env.answers`: the policy's greedy completion, or, in an environment of
+    several actors, the answer its extraction rule picks from their greedy conversation. A composed
     environment also gets each part's metrics (eval/<part>/...). An environment with its own measure of
-    success (`env.evaluate`, e.g. article_curriculum's value log-probs) is evaluated by it instead."""
-    if hasattr(env, "evaluate"):
-        return env.evaluate(actors, cfg)
+    success (`env.evaluate` not None, e.g. article_curriculum's value log-probs) is evaluated by it instead."""
+    own = env.evaluate(actors, cfg)
+    if own is not None:
+        return own
     policy = actors[cfg.policy.name]
     # Prompts longer than rollout.max_prompt_len are left out (never cut) and counted in eval/skipped_long.
     held_out, too_long = fitting_examples(held_out_examples(env, cfg.eval.size), env.messages, policy.tokenizer,
                                           cfg.rollout.max_prompt_len)
     examples = held_out[dist.rank()::dist.world_size()]
-    answers = greedy_answers(actors, env, examples, cfg)
+    answers = env.answers(actors, examples, cfg)
     # a reward that misbehaves: that answer is unscored, counted. Feedback text is no measure: not computed.
     reward_cfg = replace(cfg.reward, feedback=None) if cfg.reward.feedback is not None else cfg.reward
     scorer = Scorer(reward_cfg, cfg.eval.max_new_tokens)
     own_reward = scores_bare_answers(scorer)
     rows = scored_rows(scorer, env, examples, answers, own_reward)
-    parts = getattr(env, "parts", [])
-    metrics = summarise(rows, len(held_out), "eval/", shared_metrics(env), own_reward)
-    for part in parts if len(parts) > 1 else ():
+    metrics = summarise(rows, len(held_out), "eval/", env.eval_metrics(), own_reward)
+    for part in env.parts if len(env.parts) > 1 else ():
         mine = [r for r, e in zip(rows, examples) if env.owner(e) is part]
         total = sum(env.owner(e) is part for e in held_out)
-        metrics |= summarise(mine, total, f"eval/{part.name}/", own_metrics(part), own_reward)
+        metrics |= summarise(mine, total, f"eval/{part.name}/", part.eval_metrics(), own_reward)
     metrics["eval/skipped_long"] = float(too_long)
-    if cfg.eval.n > 1 and not hasattr(env, "answers"):
+    if cfg.eval.n > 1 and all(p.episodes == "single_turn" for p in env.parts):  # the policy's own prompt, n times
         prompts = [encode_chat(policy.tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
         metrics[f"eval/pass@{cfg.eval.n}"] = dist.sum_over_ranks(pass_at_n(policy.engine, prompts, examples, cfg,
                                                                            scorer)) / max(len(held_out), 1)
-    measures = [name for p in (parts or [env]) for name in own_metrics(p).values()]
+    measures = [name for p in env.parts for name in p.eval_metrics().values()]
     run_reward = [*(t.name for t in cfg.reward.terms), cfg.reward.success] if own_reward else []
     metrics |= reward_failures(scorer, [*run_reward, *measures])
     scorer.close()
@@ -64,30 +64,14 @@ def scores_bare_answers(scorer: Scorer) -> bool:
     return not needy
 
 
-def own_metrics(env) -> dict[str, str]:
-    """The env's own held-out measures, `eval_metrics()`: metric name -> registered reward whose raw value is
-    averaged (an answer it cannot score counts 0). Envs that declare none are measured by the run's reward alone."""
-    declared = getattr(env, "eval_metrics", None)
-    return dict(declared()) if declared is not None else {}
-
-
-def shared_metrics(env) -> dict[str, str]:
-    """A composed env's measures over all its problems: those every part declares alike."""
-    parts = getattr(env, "parts", None)
-    if not parts:
-        return own_metrics(env)
-    mappings = [own_metrics(p) for p in parts]
-    return {k: v for k, v in mappings[0].items() if all(m.get(k) == v for m in mappings[1:])}
-
-
 def scored_rows(scorer: Scorer, env, examples: list, answers: list, own_reward: bool = True) -> list[dict]:
     """One row per answer: success (reward.success > 0), reward (the weighted terms; None when a term could not
-    score it) unless not `own_reward`, its env's measures and its length. Every reward runs isolated, once per
-    answer (scorer.py)."""
+    score it) unless not `own_reward`, its env's measures (`eval_metrics()` of the part that made it: metric
+    name -> reward whose raw value is averaged; an answer it cannot score counts 0) and its length. Every
+    reward runs isolated, once per answer (scorer.py)."""
     answer_rows = [Row(c.text, e) for e, c in zip(examples, answers)]
     scores = scorer.score_rows(answer_rows, [len(c.token_ids) for c in answers]) if own_reward else None
-    owner = getattr(env, "owner", lambda e: env)
-    measures = [own_metrics(owner(e)) for e in examples]
+    measures = [env.owner(e).eval_metrics() for e in examples]
     values: dict[str, dict[int, float | None]] = {}
     for name in dict.fromkeys(n for m in measures for n in m.values()):
         idx = [i for i, m in enumerate(measures) if name in m.values()]
@@ -110,16 +94,7 @@ def scored_rows(scorer: Scorer, env, examples: list, answers: list, own_reward: 
 def held_out_examples(env, size: int) -> list:
     """The first `size` held-out problems (0: all) of each part of a composed env: one cut of the combined
     list would fill `eval.size` from the first part alone and report 0.0 for the others."""
-    return [e for part in getattr(env, "parts", [env]) for e in part.eval_examples()[: size or None]]
-
-
-def greedy_answers(actors: dict, env, examples: list, cfg: Config) -> list:
-    """One greedy Completion per example: the environment's team answer, or the policy's completion."""
-    if hasattr(env, "answers"):
-        return env.answers(actors, examples, cfg)
-    policy = actors[cfg.policy.name]
-    prompts = [encode_chat(policy.tokenizer, env.messages(e), cfg.rollout.max_prompt_len) for e in examples]
-    return [c for (c,) in policy.engine.generate(prompts, Sampling(greedy=True, max_new_tokens=cfg.eval.max_new_tokens))]
+    return [e for part in env.parts for e in part.eval_examples()[: size or None]]
 
 
 def summarise(rows: list[dict], n: int, prefix: str, measures: dict[str, str], own_reward: bool = True

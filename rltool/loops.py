@@ -14,7 +14,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
-from rltool.config import ConfigError
+from rltool.config import ConfigError, PpoConfig
 from rltool.registry import Registry
 
 if TYPE_CHECKING:
@@ -101,4 +101,4 @@ def train_ppo(config: "Config") -> dict:
 
 
 LOOPS.register("lm")(Loop(check_lm, train_lm))
-LOOPS.register("ppo")(Loop(check_ppo, train_ppo))
+LOOPS.register("ppo", config=PpoConfig)(Loop(check_ppo, train_ppo))

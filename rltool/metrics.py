@@ -1,6 +1,6 @@
 """Where metrics go: metrics.jsonl (always), wandb and TensorBoard (optional), and a progress line for humans.
 
-metrics.jsonl is the source of truth: plots and README tables are built from it, so a run is
+metrics.jsonl is the source of truth: plots and the docs' tables are built from it, so a run is
 fully inspectable without wandb. Only the main process constructs these with enabled=True.
 """
 from __future__ import annotations
@@ -32,24 +32,33 @@ class MetricsLog:
     The file is opened in append mode, so a resumed run continues the same file; `read_metrics`
     merges repeated steps (TensorBoard shows both values of a step logged twice). wandb takes its
     mode from WANDB_MODE itself (offline needs no network).
+
+    Files and loggers open at the first write, not here: a run refused after its start (the memory
+    plan, prompts that do not fit) leaves nothing but its config, so its directory is removed as
+    unused (rltool/run_dir.py `remove_if_unused`).
     """
 
     def __init__(self, run_dir: Path, *, enabled: bool, logger: str | list[str] = "none", config: dict | None = None,
                  run_name: str = ""):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
-        self._run = self._tb = None
-        if not enabled:
+        self._loggers = [logger] if isinstance(logger, str) else list(logger)
+        self._config, self._run_name = config, run_name
+        self._metrics = self._samples = self._run = self._tb = None
+
+    def _open(self) -> None:
+        """At the first write: metrics.jsonl and samples.jsonl, and the loggers named in `logger`."""
+        if self._metrics is not None:
             return
-        loggers = [logger] if isinstance(logger, str) else list(logger)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open_appending(self.run_dir / "metrics.jsonl")
         self._samples = open_appending(self.run_dir / "samples.jsonl")
-        if "wandb" in loggers:
+        if "wandb" in self._loggers:
             import wandb  # lazy: slow to import and unused by most runs
 
-            self._run = wandb.init(project="rltool", dir=str(self.run_dir), config=config, name=run_name or None)
-        if "tensorboard" in loggers:
+            self._run = wandb.init(project="rltool", dir=str(self.run_dir), config=self._config,
+                                   name=self._run_name or None)
+        if "tensorboard" in self._loggers:
             from torch.utils.tensorboard import SummaryWriter  # lazy, as wandb
 
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
@@ -57,6 +66,7 @@ class MetricsLog:
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
+        self._open()
         row = {k: _scalar(v) for k, v in metrics.items()}
         self._metrics.write(json.dumps({"step": step, **row}) + "\n")
         self._metrics.flush()  # a killed run still has every finished step on disk
@@ -72,6 +82,7 @@ class MetricsLog:
         """A few decoded rollouts per step; keys are free-form (prompt, completion, reward, ...)."""
         if not self.enabled or not rows:
             return
+        self._open()
         for row in rows:
             self._samples.write(json.dumps({"step": step, **{k: _scalar(v) for k, v in row.items()}}, default=str) + "\n")
         self._samples.flush()
@@ -89,10 +100,11 @@ class MetricsLog:
                 f.write(json.dumps({"step": step, "examples": example_ids}) + "\n")
 
     def close(self) -> None:
-        if not self.enabled:
+        if self._metrics is None:  # disabled, or nothing was logged
             return
         self._metrics.close()
         self._samples.close()
+        self._metrics = self._samples = None
         if self._run is not None:
             self._run.finish()
             self._run = None

@@ -7,12 +7,13 @@ the resolved config and metrics.jsonl, so the card says what ran, not what was m
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
-from rltool.config import Config
+from rltool.config import Config, EnvConfig
 from rltool.metrics import read_metrics
 
 HUB_IDS = {"embedded:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -62,7 +63,8 @@ def write_model_card(final_dir: Path, run_dir: Path, cfg: Config, final_metrics:
         "LoRA": f"r={cfg.policy.lora.r}, alpha={cfg.policy.lora.alpha} (merged into these weights)"
                 if cfg.policy.lora.r else "none (full fine-tuning)",
         "reward": reward_description(cfg),
-        "data": f"{e.name} (source {e.source}; {e.eval_size} held-out problems never trained on, split seed {e.seed})",
+        "data": f"{e.name} ({e.eval_size} held-out problems never trained on, split seed {e.seed}; "
+                + ", ".join(f"{k} {v}" for k, v in env_keys(e).items()) + ")",
         "seed": cfg.seed,
     }
     lines += [f"| {k} | {v} |" for k, v in settings.items()]
@@ -93,8 +95,14 @@ def reward_description(cfg: Config) -> str:
     """The reward group's terms, or what the algorithm's rollout scores itself (its REWARD, e.g. AGRL's)."""
     from rltool.algos.rollouts import ROLLOUTS
 
-    own = getattr(ROLLOUTS[cfg.algo.rollout], "REWARD", None)
+    own = ROLLOUTS[cfg.algo.rollout].REWARD
     if own:
         return own
     return ", ".join(f"{term.name} x {term.weight}" for term in cfg.reward.terms) + (
         f", length penalty {cfg.reward.length_penalty}" if cfg.reward.length_penalty else "")
+
+
+def env_keys(env: EnvConfig) -> dict:
+    """The environment's own keys (those its schema adds to EnvConfig's): where its data came from."""
+    common = {f.name for f in dataclasses.fields(EnvConfig)}
+    return {f.name: getattr(env, f.name) for f in dataclasses.fields(env) if f.name not in common}

@@ -10,13 +10,13 @@ from pathlib import Path
 from rltool.metrics import read_metrics
 
 PANELS = [
-    ("train reward", ["reward/mean", "reward/success", "rollout/return", "rollout/success"]),
-    ("eval", ["eval/accuracy_strict", "eval/accuracy_flexible", "eval/format_rate", "eval/return", "eval/success"]),
+    ("train reward", ["reward/mean", "reward/success"]),
+    ("eval", ["eval/accuracy_strict", "eval/accuracy_flexible", "eval/format_rate", "eval/reward", "eval/success"]),
     ("loss", ["loss/kl"]),
     ("value", ["loss/value", "value/explained_var"]),
 ]
-"""Each panel shows the keys that are present; the loss panel falls back to loss/policy. rollout/*, eval/return,
-eval/success and the value panel come from encoder-agent (PPO) runs, whose x axis counts environment steps."""
+"""Each panel shows the keys that are present; the loss panel falls back to loss/policy. The value panel comes
+from encoder-agent (PPO) runs, whose x axis counts environment steps."""
 
 
 def plot_run(run_dir: Path) -> Path:
@@ -48,7 +48,7 @@ def plot_run(run_dir: Path) -> Path:
         ax.grid(alpha=0.3)
     if not panels:
         axes[0].text(0.5, 0.5, "no metrics logged", ha="center", va="center", transform=axes[0].transAxes)
-    axes[-1].set_xlabel("environment steps" if "rollout/return" in present else "step")
+    axes[-1].set_xlabel("environment steps" if "loss/value" in present else "step")
     out = run_dir / "curves.png"
     fig.savefig(out, dpi=100)
     return out

@@ -9,14 +9,12 @@ The agent sees only strings: each environment's state description and its availa
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from rltool import ckpt, own_pickles, parallel
 from rltool.actors.encoder_agent import EncoderAgent
@@ -25,14 +23,19 @@ from rltool.algos.gae import STEP_ADVANTAGES
 from rltool.algos.losses import POLICY_LOSSES, LossParams
 from rltool.algos.reward_scale import ReturnScaler
 from rltool.algos.value_losses import VALUE_LOSSES, ValueLossParams
-from rltool.ckpt_commit import begin, finish
 from rltool.config import Config, ConfigError, PpoConfig
 from rltool.envs.text_gym import make_vector_env
 from rltool.guard import StepGuard
 from rltool.metrics import MetricsLog
 from rltool.plot import plot_run
+from rltool.run_start import config_yaml, start_run
 from rltool.watchdog import deadline
 
+DRIFT_KEYS = ("seed", "env.name", "trainer.num_envs", "algo.ppo.num_steps", "algo.ppo.norm_reward")
+ACTOR_DRIFT_KEYS = ("path", "heads", "encoder.trainable_layers")
+"""What a checkpoint of this loop fixed: a resume that changes one is warned (rltool/run_start.py)."""
+AGENT = "agent.pt"
+"""The agent's part of a checkpoint: pooling, heads and fine-tuned encoder layers (state_dict)."""
 EVAL_SEED_OFFSET = 1_000_003
 """Eval environments are seeded seed + this, apart from the training ones, and re-seeded at every eval
 so successive evals play the same episodes' randomness."""
@@ -55,30 +58,18 @@ class Rollout:
 
 
 def train(cfg: Config) -> dict[str, float]:
-    """Returns the last eval's metrics (eval/return, eval/success, eval/length): a multirun tables them."""
+    """Returns the last eval's metrics (eval/reward, eval/success, eval/len): a multirun tables them."""
     # ---- setup: sizes, seed, run dir, envs, agent, optimizer, resume ----
     p, t = cfg.algo.ppo, cfg.trainer
     batch_size = p.num_steps * t.num_envs  # transitions per rollout
     minibatch_size = batch_size // p.num_minibatches
     num_iterations = max(1, t.total_env_steps // batch_size)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
     device = "cuda" if cfg.hardware.device != "cpu" and torch.cuda.is_available() else "cpu"
-    run_dir, resume_from = Path(cfg.output_dir), None
-    if cfg.resume:
-        resume_from = ckpt.resolve_checkpoint(cfg.resume)
-        run_dir = resume_from.parent.parent  # keep writing into the run being continued
-        warn_config_drift(cfg, resume_from)
-        saved = torch.load(resume_from / "agent.pt", map_location=device, weights_only=True)
-        saved_norm = "running" if "feature_norm.mean" in saved else "none"
-        if saved_norm != cfg.policy.heads.feature_norm:  # before the encoder loads: the heads expect other inputs
-            raise ConfigError(f"resume={cfg.resume}: the checkpoint was trained with actors.heads.feature_norm="
-                              f"{saved_norm}; resume with actors.heads.feature_norm={saved_norm}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    saved = saved_agent(cfg, device)  # None for a fresh run
+    run = start_run(cfg, DRIFT_KEYS, ACTOR_DRIFT_KEYS)  # seed, run dir (resume: the run continued), config.yaml, log
+    run_dir, resume_from, log = run.run_dir, run.resume_from, run.log
     print(f"ppo: {num_iterations} rollouts of {p.num_steps} steps x {t.num_envs} envs = {batch_size} transitions, "
           f"{p.update_epochs} epochs x {p.num_minibatches} minibatches of {minibatch_size}; "
           f"{num_iterations * batch_size} env steps; device {device}")
@@ -109,14 +100,12 @@ def train(cfg: Config) -> dict[str, float]:
         restore_envs(envs, state, resume_from)  # position, hand, RNG of each environment mid-episode
         next_obs, info = state["next_obs"], state["next_info"]
         ep_return, ep_len = state["ep_return"], state["ep_len"]
-        start, global_step = state["iteration"], state["global_step"]
+        start, global_step = state["step"], state["global_step"]
         if scaler and "reward_scale" in state:  # else norm_reward was off in the run resumed: start counting
             scaler.load_state_dict(state["reward_scale"])
-        ckpt.set_rng_state(state["rng"])
+        ckpt.set_rng_states(state["rng"])
         print(f"resumed from {resume_from} at rollout {start} ({global_step} env steps)")
 
-    log = MetricsLog(run_dir, enabled=True, logger=cfg.trainer.logger,
-                     config=OmegaConf.to_container(OmegaConf.structured(cfg)), run_name=run_dir.name)
     eval_due = lambda it: it == num_iterations or (t.eval_every and it % t.eval_every == 0)  # noqa: E731
     final_metrics: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -140,7 +129,8 @@ def train(cfg: Config) -> dict[str, float]:
             metrics = update(agent, optimizer, roll, adv, returns, p, policy_loss, value_loss, loss_params)
             agent.update_feature_norm([s for row in roll.states for s in row])  # the next rollout's statistics
 
-            metrics |= episode_metrics(episodes, "rollout")
+            if episodes["return"]:  # a rollout shorter than an episode may end none
+                metrics |= episode_metrics(episodes, ROLLOUT_NAMES) | {"rollout/episodes": len(episodes["return"])}
             metrics["encoder/cache_hit_rate"] = encoder.cache.hit_rate()
             metrics["encoder/cache_size"] = len(encoder.cache)
             encoder.cache.reset_stats()
@@ -149,9 +139,7 @@ def train(cfg: Config) -> dict[str, float]:
             metrics["time/elapsed"] = time.perf_counter() - t0  # since this process started (a resume restarts it)
             log.log(global_step, metrics)
             print(f"rollout {iteration + 1}/{num_iterations} | {global_step} steps | "
-                  + " | ".join(f"{k.split('/')[-1]} {metrics[k]:.3g}" for k in
-                               ("rollout/return", "rollout/success", "loss/value", "policy/entropy",
-                                "encoder/cache_hit_rate", "perf/env_steps_per_s") if k in metrics), flush=True)
+                  + " | ".join(f"{label} {metrics[k]:.3g}" for label, k in SHOWN if k in metrics), flush=True)
             guard.check(iteration + 1, metrics)  # before the save: the last good checkpoint stays the newest
 
             if (t.save_every and (iteration + 1) % t.save_every == 0) or iteration + 1 == num_iterations:
@@ -163,6 +151,19 @@ def train(cfg: Config) -> dict[str, float]:
     plot_run(run_dir)
     print(f"done: {run_dir}")
     return final_metrics
+
+
+def saved_agent(cfg: Config, device: str) -> dict | None:
+    """The resumed checkpoint's agent.pt, read before the run starts (and rewrites config.yaml) and before the
+    encoder loads: heads trained on standardised features cannot continue on raw ones, nor the reverse."""
+    if not cfg.resume:
+        return None
+    saved = torch.load(ckpt.resolve_checkpoint(cfg.resume) / AGENT, map_location=device, weights_only=True)
+    saved_norm = "running" if "feature_norm.mean" in saved else "none"
+    if saved_norm != cfg.policy.heads.feature_norm:
+        raise ConfigError(f"resume={cfg.resume}: the checkpoint was trained with actors.heads.feature_norm="
+                          f"{saved_norm}; resume with actors.heads.feature_norm={saved_norm}")
+    return saved
 
 
 def candidates(info: dict, n: int) -> tuple[list[tuple[str, ...]], np.ndarray]:
@@ -254,7 +255,7 @@ def update(agent: EncoderAgent, optimizer, roll: Rollout, adv, returns, p: PpoCo
             loss.backward()
             grad_norm = parallel.step(agent, optimizer, p.max_grad_norm)  # nan/inf: skipped, weights untouched
             step = {"loss/policy": pg.detach(), "loss/value": v.detach(), "policy/entropy": ent.detach(),
-                    "perf/grad_norm": grad_norm} | pm | vm
+                    "policy/grad_norm": grad_norm} | pm | vm
             for k, x in step.items():  # .item(): one sync per minibatch; these are CPU tensors here
                 sums[k] = sums.get(k, 0.0) + float(x)
             count += 1
@@ -269,10 +270,19 @@ def update(agent: EncoderAgent, optimizer, roll: Rollout, adv, returns, p: PpoCo
     return metrics
 
 
-def episode_metrics(episodes: dict[str, list[float]], prefix: str) -> dict[str, float]:
-    if not episodes["return"]:
-        return {}
-    return {f"{prefix}/{k}": float(np.mean(v)) for k, v in episodes.items()} | {f"{prefix}/episodes": len(episodes["return"])}
+ROLLOUT_NAMES = {"return": "reward/mean", "success": "reward/success", "length": "rollout/len"}
+EVAL_NAMES = {"return": "eval/reward", "success": "eval/success", "length": "eval/len"}
+"""The LM loop's names for the same quantities: an episode's return is its reward (unscaled), its length
+counts environment steps (the LM loop's counts tokens)."""
+SHOWN = (("return", "reward/mean"), ("success", "reward/success"), ("value", "loss/value"),
+         ("entropy", "policy/entropy"), ("cache_hit_rate", "encoder/cache_hit_rate"),
+         ("env_steps_per_s", "perf/env_steps_per_s"))
+"""The progress line's fields: (label, metric)."""
+
+
+def episode_metrics(episodes: dict[str, list[float]], names: dict[str, str]) -> dict[str, float]:
+    """Means over the episodes that ended (at least one), under `names`."""
+    return {names[k]: float(np.mean(v)) for k, v in episodes.items()}
 
 
 def run_eval(agent: EncoderAgent, cfg: Config, global_step: int, log: MetricsLog) -> dict[str, float]:
@@ -283,9 +293,8 @@ def run_eval(agent: EncoderAgent, cfg: Config, global_step: int, log: MetricsLog
     with deadline("eval", global_step, cfg.rollout.timeout_s):
         episodes = greedy_episodes(agent, envs, p.eval_episodes, cfg.seed + EVAL_SEED_OFFSET)
     envs.close()
-    metrics = episode_metrics(episodes, "eval")
-    metrics.pop("eval/episodes")
-    metrics["eval/return_stderr"] = float(np.std(episodes["return"]) / np.sqrt(len(episodes["return"])))
+    metrics = episode_metrics(episodes, EVAL_NAMES)
+    metrics["eval/reward_stderr"] = float(np.std(episodes["return"]) / np.sqrt(len(episodes["return"])))
     log.log(global_step, metrics)
     print(f"eval @ {global_step} steps ({len(episodes['return'])} episodes, greedy): "
           + " | ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()), flush=True)
@@ -323,23 +332,23 @@ def greedy_episodes(agent: EncoderAgent, envs, count: int, seed: int) -> dict[st
 
 def save(run_dir: Path, iteration: int, global_step: int, agent, optimizer, envs, next_obs, info, ep_return, ep_len,
          cfg: Config, scaler: ReturnScaler | None = None) -> Path:
-    """checkpoints/step_N/ (N = rollouts done): agent.pt (heads and fine-tuned layers; the frozen encoder is
-    actors.path), optimizer.pt, trainer_state.pt (environment states, RNGs, counters), config.yaml; committed
-    by rltool/ckpt_commit.py like every LM checkpoint (fsynced, renamed into place, `latest`, pruning).
-    trainer_state.pt is plain data: each environment's state is its pickle as bytes, signed (rltool/own_pickles.py)."""
-    root, name = run_dir / ckpt.CHECKPOINTS, ckpt.step_name(iteration)
-    tmp = begin(root, name)
-    torch.save(agent.state_dict(), tmp / "agent.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    """checkpoints/step_N/ (N = rollouts done) through the LM loop's writer (rltool/ckpt.py `commit_checkpoint`:
+    trainer_state.pt with the step and RNGs, config.yaml, fsynced, renamed into place, `latest`, pruning), plus
+    this loop's own: agent.pt (heads and fine-tuned layers; the frozen encoder is actors.path), optimizer.pt,
+    and in trainer_state.pt the environments' states and counters. trainer_state.pt is plain data: each
+    environment's state is its pickle as bytes, signed (rltool/own_pickles.py)."""
+    def write(tmp: Path, main: bool) -> None:
+        torch.save(agent.state_dict(), tmp / AGENT)
+        ckpt.save_optimizer(tmp, optimizer)
+
     env_states = envs.call("get_state")  # pickles of the user's environment objects (position, hand, RNG)
-    state = {"iteration": iteration, "global_step": global_step, "rng": ckpt.rng_state(),
-             "envs": list(env_states), "envs_signature": [own_pickles.sign(b) for b in env_states],
-             "next_obs": list(next_obs), "next_info": plain(info), "ep_return": ep_return.copy(), "ep_len": ep_len.copy()}
+    state = {"global_step": global_step, "envs": list(env_states),
+             "envs_signature": [own_pickles.sign(b) for b in env_states], "next_obs": list(next_obs),
+             "next_info": plain(info), "ep_return": ep_return.copy(), "ep_len": ep_len.copy()}
     if scaler:
         state["reward_scale"] = scaler.state_dict()
-    torch.save(state, tmp / ckpt.TRAINER_STATE)
-    (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    return finish(tmp, root / name, keep_last=cfg.trainer.keep_last)
+    return ckpt.commit_checkpoint(run_dir, iteration, write, trainer_state=state, config_yaml=config_yaml(cfg),
+                                  keep_last=cfg.trainer.keep_last)
 
 
 def plain(x):
@@ -357,14 +366,4 @@ def restore_envs(envs, state: dict, where: Path) -> None:
     for i, (env, blob, signature) in enumerate(zip(envs.envs, state["envs"], state["envs_signature"])):
         own_pickles.check(blob, signature, f"{where}: environment {i}'s state")
         env.set_state(blob)
-
-
-def warn_config_drift(cfg: Config, ckpt_dir: Path) -> None:
-    """The checkpoint holds the agent; a differing seed, environment or architecture is worth a warning."""
-    saved, now = OmegaConf.load(ckpt_dir / "config.yaml"), OmegaConf.structured(cfg)
-    for key in ("seed", "env.name", "actors.path", "actors.heads", "actors.encoder.trainable_layers",
-                "trainer.num_envs", "algo.ppo.num_steps", "algo.ppo.norm_reward"):
-        old, new = OmegaConf.select(saved, key), OmegaConf.select(now, key)
-        if old != new:
-            print(f"warning: resume: {key}={new!r} differs from the checkpoint's {old!r}")
 

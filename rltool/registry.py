@@ -17,20 +17,31 @@ F = TypeVar("F", bound=Callable)
 
 
 class Registry(Generic[F]):
-    def __init__(self, kind: str, home: Optional[str] = None):
+    def __init__(self, kind: str, home: Optional[str] = None, config: Optional[type] = None):
         self.kind = kind
         self.home = home
         """The package (e.g. "rltool.algos") whose modules register into this registry."""
+        self.config = config
+        """The config schema (a dataclass) of an entry registered without its own."""
         self._entries: dict[str, F] = {}
+        self._configs: dict[str, Optional[type]] = {}
 
-    def register(self, name: str) -> Callable[[F], F]:
+    def register(self, name: str, config: Optional[type] = None) -> Callable[[F], F]:
+        """`config`: the entry's own config schema, a dataclass declared next to its code (rltool/schemas.py
+        checks the entry's keys against it), so a component brings its keys with it."""
         def add(fn: F) -> F:
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._entries[name] = fn
+            self._configs[name] = config or self.config
             return fn
 
         return add
+
+    def config_of(self, name: str) -> Optional[type]:
+        """The config schema `name` was registered with (the registry's default when it declared none)."""
+        self[name]  # a failed lookup lists the valid names
+        return self._configs.get(name, self.config)
 
     def __getitem__(self, name: str) -> F:
         self._complete()

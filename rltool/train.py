@@ -14,13 +14,10 @@ from __future__ import annotations
 import math
 import time
 from contextlib import ExitStack, closing
-from pathlib import Path
-
-import torch
-from omegaconf import OmegaConf
 
 from rltool import ckpt, dist, parallel
 from rltool.run_dir import own_launched_run_dir
+from rltool.run_start import config_yaml, start_run
 from rltool.actors.actor import Actor, build_actors, close_all, trainable
 from rltool.actors.embedded import resolve_model_path
 from rltool.actors.load import load_tokenizer
@@ -52,17 +49,8 @@ def train(cfg: Config) -> dict[str, float]:
     accelerator = parallel.start(cfg)  # launched: accelerate + DeepSpeed ZeRO-3 over every rank; else None
     own_launched_run_dir(cfg)  # launched by hand or SLURM: global rank 0 claims the run dir / moves newer checkpoints aside
     hw = resolve_hardware(cfg.hardware)
-    main = dist.rank() == 0  # writes logs, metrics and checkpoints
-    torch.manual_seed(cfg.seed)
-    run_dir, resume_from = Path(cfg.output_dir), None
-    if cfg.resume:
-        resume_from = ckpt.resolve_checkpoint(cfg.resume)
-        run_dir = resume_from.parent.parent  # keep writing into the run being continued
-        warn_config_drift(cfg, resume_from)
-    run_dir = Path(dist.broadcast(str(run_dir)))  # ranks started a second apart must agree on ${now:...}
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    run = start_run(cfg, DRIFT_KEYS, ACTOR_DRIFT_KEYS)  # seed, run dir (resume: the run continued), config.yaml, log
+    run_dir, resume_from, log, main = run.run_dir, run.resume_from, run.log, run.main  # main: rank 0, which writes
     base_dirs = {a.name: dist.local_main_first(lambda: resolve_model_path(a.path)) for a in cfg.actors.values()}
     env = make_env(cfg.env)
     # the policy's chat template decides what fits; refuses a max_prompt_len most prompts exceed
@@ -91,8 +79,6 @@ def train(cfg: Config) -> dict[str, float]:
         if main:
             print(f"resumed from {resume_from} at step {start}")
 
-    log = MetricsLog(run_dir, enabled=main, logger=cfg.trainer.logger,
-                     config=OmegaConf.to_container(OmegaConf.structured(cfg)), run_name=run_dir.name)
     timer, tally = PhaseTimer(), Tally(enabled=main)
     eval_due = lambda s: cfg.eval.enabled and (s == 0 or s == cfg.trainer.max_steps or  # noqa: E731
                                                  (cfg.trainer.eval_every and s % cfg.trainer.eval_every == 0))
@@ -254,14 +240,17 @@ def run_eval(actors: dict[str, Actor], env, cfg: Config, step: int, log: Metrics
 
 
 def save(run_dir, step, learners: list[Actor], sampler, rollout, history, cfg: Config) -> None:
-    state = {"step": step, "sampler": sampler.state_dict(), "rollout": rollout.state_dict(),
-             "rng": ckpt.rng_states(), "history": history}
-    # collective under ZeRO-3: every rank writes its shard
-    path = ckpt.save_checkpoint(run_dir, step, actors=learners, trainer_state=state,
-                                config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)),
+    state = {"sampler": sampler.state_dict(), "rollout": rollout.state_dict(), "history": history}
+    # collective under ZeRO-3: every rank writes its shard (the step and every rank's RNGs are added by ckpt)
+    path = ckpt.save_checkpoint(run_dir, step, actors=learners, trainer_state=state, config_yaml=config_yaml(cfg),
                                 keep_last=cfg.trainer.keep_last)
     if dist.rank() == 0:
         print(f"checkpoint: {path}")
+
+
+DRIFT_KEYS = ("seed", "algo.name", "env.name", "trainer.prompts_per_step", "trainer.group_size")
+ACTOR_DRIFT_KEYS = ("path", "lora.r", "qlora", "trainable")
+"""What a checkpoint of this loop fixed: a resume that changes one is warned (rltool/run_start.py)."""
 
 
 def lr_lambda(cfg: Config):
@@ -274,15 +263,3 @@ def lr_lambda(cfg: Config):
         return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[t.lr_schedule]
 
     return factor
-
-
-def warn_config_drift(cfg: Config, ckpt_dir: Path) -> None:
-    """The checkpoint's config wins for what it stores; a differing seed or algorithm is worth a warning."""
-    saved = OmegaConf.load(ckpt_dir / "config.yaml")
-    now = OmegaConf.structured(cfg)
-    keys = ["seed", "algo.name", "env.name", "trainer.prompts_per_step", "trainer.group_size"]
-    keys += [f"actors.{name}.{key}" for name in cfg.actors for key in ("path", "lora.r", "qlora", "trainable")]
-    for key in keys:
-        old, new = OmegaConf.select(saved, key), OmegaConf.select(now, key)
-        if old != new:
-            print(f"warning: resume: {key}={new!r} differs from the checkpoint's {old!r}")

@@ -5,7 +5,7 @@
 Reads each run's metrics.jsonl eval rows (eval/agrl/*) and writes, beside the PNG, a JSON with one
 row per (run, eval step): mean value log-prob per token of the learned, random and article
 orderings, learned - random with its standard error over held-out articles, and whether that
-difference is above two standard errors (the issue's bar for "the model learns to order its reading").
+difference is above two standard errors (the bar for "the model learns to order its reading").
 The PNG has two panels: the three orderings' value log-prob over steps, and learned - random with
 +-2 SE bars (one line per run).
 """

@@ -1,4 +1,4 @@
-"""Step time of rltool's chunked log-prob path against the plain one (#11's `<= 1.05x` goal).
+"""Step time of rltool's chunked log-prob path against the plain one (goal: <= 1.05x).
 
     .venv/bin/python scripts/bench_logprob_step.py [--repeats 2] [--steps 5]
 

@@ -3,7 +3,7 @@
     nice -n 5 .venv/bin/python scripts/bench_multiturn.py [--prompts 8] [--group 4] [--max-new-tokens 32] \
         [--repeats 3] [--enforce-eager] [--share-engine]
 
-Issue #10's speed goal: multi-turn tokens/s >= 0.8x single-turn tokens/s. Turns are batched per
+Speed goal: multi-turn tokens/s >= 0.8x single-turn tokens/s. Turns are batched per
 actor (rltool/rollout/conversation.py `run_turns`): at each turn every live conversation an actor
 must answer goes to that actor's engine in one `generate` call; `generate_calls` in the JSON lists
 each call's batch size, so a run that did not batch shows.
@@ -47,7 +47,7 @@ from pathlib import Path
 from time import perf_counter, process_time
 
 REPO = Path(__file__).resolve().parent.parent
-GOAL = 0.8  # issue #10: multi-turn tokens/s >= 0.8x single-turn tokens/s
+GOAL = 0.8  # multi-turn tokens/s >= 0.8x single-turn tokens/s
 ROUND_SPEC = "solver -> checker -> solver -> checker"
 
 

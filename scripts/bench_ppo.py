@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from rltool.schemas import env_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,13 +75,13 @@ def run_rltool(name: str, seed: int, run_dir: Path | None) -> dict:
     from rltool.metrics import read_metrics
 
     rows = read_metrics(run_dir / "metrics.jsonl")  # one row per step: a resumed run re-logs some steps
-    final = [r for r in rows if "eval/return" in r][-1]
-    trained = [r for r in rows if "rollout/return" in r]
+    final = [r for r in rows if "eval/reward" in r][-1]
+    trained = [r for r in rows if "reward/mean" in r]
     env_steps = trained[-1]["step"]
     if wall is None:  # a reused run: the sum of its rollouts' times (evals excluded)
         starts = [0] + [r["step"] for r in trained[:-1]]
         wall = sum((r["step"] - s0) / r["perf/env_steps_per_s"] for s0, r in zip(starts, trained))
-    return {"return": final["eval/return"], "success": final.get("eval/success"), "env_steps": env_steps,
+    return {"return": final["eval/reward"], "success": final.get("eval/success"), "env_steps": env_steps,
             "wall_s": round(wall, 1), "s_per_env_step": wall / env_steps, "run_dir": str(run_dir)}
 
 
@@ -89,14 +90,13 @@ def text_features(name: str):
     where the native observation already says it all (Blackjack)."""
     import numpy as np
 
-    from rltool.config import EnvConfig
     from rltool.envs.text_gym import TEXT_ENVS, cliffwalking
 
     def one_hot(i: int, n: int) -> list[float]:
         return [float(i == j) for j in range(n)]
 
     if name.startswith("frozenlake"):
-        lake = TEXT_ENVS["frozenlake_text"](EnvConfig(name="frozenlake_text", map_size="4x4"))
+        lake = TEXT_ENVS["frozenlake_text"](env_config(name="frozenlake_text", map_size="4x4"))
         kinds = ["the start", "frozen ice", "a hole", "the goal", "the edge of the lake"]
         around = lambda r, c: [lake.tile(r + dr, c + dc) for dr, dc in MOVES]  # noqa: E731
         cols = lake.n
@@ -105,7 +105,7 @@ def text_features(name: str):
         around = lambda r, c: [cliffwalking.tile(r + dr, c + dc) for dr, dc in MOVES]  # noqa: E731
         cols = cliffwalking.COLS
     elif name == "taxi":
-        taxi = TEXT_ENVS["taxi_text"](EnvConfig(name="taxi_text"))
+        taxi = TEXT_ENVS["taxi_text"](env_config(name="taxi_text"))
 
         def taxi_features(s: int) -> np.ndarray:
             r, c, passenger, dest = taxi.env.unwrapped.decode(s)

@@ -48,7 +48,7 @@ from time import perf_counter, process_time
 REPO = Path(__file__).resolve().parent.parent
 WARMUP = 1  # step 1 warms up (lazy init, allocator, first compiled shapes) and is not counted
 MIN_STEPS = 5
-GOAL = 0.5  # the target: rltool step time <= 0.5x TRL's
+GOAL = 0.5  # the target: rltool step time <= 0.5x TRL's
 
 
 REWARDS = {

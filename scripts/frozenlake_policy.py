@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 
 from rltool.actors.encoder_agent import EncoderAgent
 from rltool.actors.token_encoder import TokenEncoder
-from rltool.config import EncoderConfig, EnvConfig, HeadsConfig
+from rltool.config import EncoderConfig, HeadsConfig
 from rltool.envs.text_gym.frozenlake import FrozenLakeText
+from rltool.schemas import env_config
 
 
 def success_probability(P, n_states: int, policy, horizon: int) -> np.ndarray:
@@ -38,7 +39,7 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path, help="a run's checkpoints/step_N directory")
     args = ap.parse_args()
     cfg = OmegaConf.load(args.checkpoint / "config.yaml")
-    env = FrozenLakeText(EnvConfig(name="frozenlake_text", map_size=cfg.env.map_size, slippery=cfg.env.slippery))
+    env = FrozenLakeText(env_config(name="frozenlake_text", map_size=cfg.env.map_size, slippery=cfg.env.slippery))
     P, n = env.env.unwrapped.P, env.n * env.n
     horizon = env.env.spec.max_episode_steps or 100
     heads = HeadsConfig(**OmegaConf.to_container(cfg.actors.policy.heads))

@@ -21,7 +21,9 @@ export MASTER_PORT=${MASTER_PORT:-29500}
 export RUN_DIR=${RUN_DIR:-outputs/slurm-$SLURM_JOB_ID}
 export RLTOOL_HARDWARE=${RLTOOL_HARDWARE:-multinode}
 export ACCELERATE=${ACCELERATE:-accelerate}
-CONFIG="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/zero3.yaml"
+# The accelerate config shipped inside the installed package: sbatch runs a spooled copy of this script, so
+# a path relative to the script would not point into the checkout.
+CONFIG="$(python -c 'import importlib.resources as r; print(r.files("rltool") / "zero3.yaml")')"
 export CONFIG
 
 # Single quotes: SLURM_NODEID is each task's own, read on its machine.

@@ -3,7 +3,7 @@
 vLLM and DeepSpeed want a plain HF directory, and `save_pretrained` refuses the GGUF-quantized
 object, so we rebuild the model from its config, load the dequantized state dict and save it once
 as safetensors under $RLTOOL_HOME. The weights are Q4_1 dequantized: slightly worse than the fp16
-release, which is why the baselines in the README are measured on this exact directory.
+release, which is why the baselines in docs/benchmarks.md are measured on this exact directory.
 
 `python -m rltool.actors.embedded` materializes it (idempotent; `make setup` calls it).
 """

@@ -1,4 +1,4 @@
-"""Attention-guided curriculum RL (AGRL, issue #13): the model chooses what it reads next.
+"""Attention-guided curriculum RL (AGRL): the model chooses what it reads next.
 
 An article is cut into (key, value) pairs (`kv.py`; `articles.py` generates offline family-tree
 articles whose derived facts are predictable only after their "root" facts have been read, so

@@ -5,7 +5,7 @@ its id), the mean value log-prob per token, under the current policy, of three o
   learned        the policy's greedy queries, selection greedy (or sampled with the run's seed)
   random         the mean over `eval_random_orders` random permutations of the pairs (seeded by the
                  article's id). Uniform selection over the remaining keys at every step gives
-                 exactly this distribution, so the issue's "uniform selection" reference is this one.
+                 exactly this distribution, so a "uniform selection" reference is this one.
   article_order  the pairs as the article states them (roots first, for generated articles)
 `learned_minus_random` is their paired difference, with its standard error over articles: the
 claim "the model learns to order its reading" needs it above 2 standard errors.

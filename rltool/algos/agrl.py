@@ -12,7 +12,7 @@ and every query of a kept episode becomes a Sample with the preset advantage rel
 running mean of earlier batches, or 0). The loop then trains it like any other: on one pass the
 clipped surrogate's gradient is REINFORCE's, and with agg=dr_grpo the step loss is
   1/(S * q) * { mean_e [ -(rel_e - b) sum_s sum_t log pi(q_e,s,t) ] + beta * mean_e sum_s,t KL_k3 }
-(S query steps per episode, q = rollout.max_new_tokens): the issue's loss up to that constant.
+(S query steps per episode, q = rollout.max_new_tokens): the method's loss up to that constant.
 With agrl.learn_selection the selector trains too: each row adds -(rel - b) * log p(its pick),
 recomputed with gradient through the policy's own query/key vectors (`selection_loss`).
 Why random_order by default: the base model on the same ordering reads the same pairs in the same
@@ -23,6 +23,8 @@ a resumed run draws what the uninterrupted one did; the filter's statistics are 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -34,15 +36,83 @@ from rltool.agrl.scoring import OrderingScorer
 from rltool.agrl.selection import attention_scores
 from rltool.algos.advantages import ADVANTAGES
 from rltool.algos.losses import EXTRA_LOSSES, agg_loss
-from rltool.algos.rollouts import GroupIds, RolloutContext, register_rollout
+from rltool.algos.rollouts import GroupIds, Rollout, RolloutContext, register_rollout
+from rltool.config import check, check_choice
 from rltool.samples import Sample
 
 register_extra_loss = EXTRA_LOSSES.register
 
 
-@register_rollout("agrl")
-class AgrlRollout:
+@dataclass
+class AgrlConfig:
+    """Attention-guided curriculum RL knobs (algo=agrl), `algo.agrl.*`; read only when algo.rollout=agrl.
+    The query budget q is rollout.max_new_tokens; the KL weight beta is algo.kl_coef."""
+
+    baseline: str = "random_order"
+    """What the chosen ordering's value log-prob is compared with: random_order (the policy on a random
+    ordering of the same pairs) | group (the mean over the article's other orderings this step, RLOO) |
+    frozen_base (the frozen base model on the same ordering)."""
+    embedding: str = "minilm"
+    """Query/key vectors: minilm (the embedded all-MiniLM-L6-v2) | hidden (the policy's own hidden states,
+    mean-pooled at `layer`, through that layer's attention q/k projections, GQA-aware)."""
+    layer: int = -1
+    """embedding=hidden: the decoder layer (0-based; -1 = the middle layer)."""
+    select_temperature: Optional[float] = None
+    """Softmax temperature over the scaled scores; null: 0.01 for minilm (its scores differ by ~0.01 between
+    a family article's keys; a query restating one fact scores its key ~0.02 above the others, so it picks
+    that key ~6 times in 10 of 6), 1.0 for hidden (~2.5 between keys on SmolLM2-135M's middle layer).
+    A run at 0.005 (~9 in 10) learned no better order in 40 steps (docs/agrl.md, evidence)."""
+    eval_select: str = "greedy"
+    """Held-out selection: greedy | sampled (with the run's seed)."""
+    eval_random_orders: int = 4
+    """Random orderings scored per held-out article; their mean is the article's `random` value (one
+    permutation's luck is most of the paired difference's variance)."""
+    filter: str = "std"
+    """Trajectory filter: std (reward > running mean + filter_k * std) | percentile (top filter_top_percent of
+    the batch) | none."""
+    filter_k: float = 0.0
+    filter_top_percent: float = 25.0
+    warmup: int = 0
+    """Episodes seen before the filter drops any."""
+    learn_selection: bool = False
+    """Also train the selector: add -(R - b) * log p(chosen key) to the loss, through the policy's own
+    query/key vectors (needs embedding=hidden; MiniLM is frozen, so it would have no gradient)."""
+    advantage_baseline: str = "running_mean"
+    """b in -(R - b): running_mean (the filter's mean over earlier batches) | none (b = 0)."""
+
+    @property
+    def temperature(self) -> float:
+        """The selection temperature in use: select_temperature, or the embedding's default."""
+        if self.select_temperature is not None:
+            return self.select_temperature
+        return 0.01 if self.embedding == "minilm" else 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("algo.agrl.baseline", self.baseline, ["random_order", "group", "frozen_base"])
+        check_choice("algo.agrl.embedding", self.embedding, ["minilm", "hidden"])
+        check_choice("algo.agrl.eval_select", self.eval_select, ["greedy", "sampled"])
+        check_choice("algo.agrl.filter", self.filter, ["std", "percentile", "none"])
+        check_choice("algo.agrl.advantage_baseline", self.advantage_baseline, ["running_mean", "none"])
+        check(self.select_temperature is None or self.select_temperature > 0, "algo.agrl.select_temperature",
+              self.select_temperature, "must be > 0 (or null: by embedding)")
+        check(0 < self.filter_top_percent <= 100, "algo.agrl.filter_top_percent", self.filter_top_percent,
+              "must be in (0, 100]")
+        check(self.warmup >= 0, "algo.agrl.warmup", self.warmup, "must be >= 0")
+        check(self.eval_random_orders >= 1, "algo.agrl.eval_random_orders", self.eval_random_orders, "must be >= 1")
+        check(not self.learn_selection or self.embedding == "hidden", "algo.agrl.learn_selection", True,
+              "needs algo.agrl.embedding=hidden (MiniLM is frozen: the pick's log-prob has no gradient to the policy)")
+
+
+@register_rollout("agrl", config=AgrlConfig)
+class AgrlRollout(Rollout):
     REWARD = "mean log-prob of the values read, in the order chosen, minus algo.agrl.baseline's (the reward group is unused)"
+    plays = ("article",)
+    """Only article episodes (env=article_curriculum): its queries select key/value pairs, they answer nothing."""
+
+    @classmethod
+    def check(cls, config) -> None:
+        check(not (config.algo.agrl.embedding == "hidden" and config.hardware.zero_stage == 3), "algo.agrl.embedding",
+              "hidden", "not under ZeRO-3 (the q/k projections are sharded); use minilm")
 
     def __init__(self, ctx: RolloutContext):
         a = ctx.cfg.algo.agrl

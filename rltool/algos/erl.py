@@ -43,8 +43,8 @@ from typing import Optional
 
 from rltool import dist
 from rltool.algos.memory import Memory
-from rltool.algos.rollouts import GroupIds, RolloutContext, register_rollout, sample_groups, score_completions
-from rltool.config import ErlConfig
+from rltool.algos.rollouts import GroupIds, Rollout, RolloutContext, register_rollout, sample_groups, score_completions
+from rltool.config import check, check_choice, check_template
 from rltool.envs.base import Example
 from rltool.rollout.prompts import encode_chat
 from rltool.samples import Completion, Sample
@@ -52,6 +52,55 @@ from rltool.samples import Completion, Sample
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 PACKED_GROUPS = {"reflection": -1, "retry": -2}
 """variant=packed: one group per kind over the whole step and every rank (GroupIds are >= 0)."""
+
+
+@dataclass
+class ErlConfig:
+    """Experiential RL (ERL) knobs, `algo.erl.*`; read only when algo.rollout=erl."""
+
+    variant: str = "packed"
+    """packed: y1, reflection, retry in one update (seed's Algorithm 1); split: y1 then reflection+retry."""
+    gate_threshold: float = 1.0
+    """First attempts with reward < this are reflected on and retried."""
+    memory_threshold: float = 0.5
+    """A reflection is stored when its retry's reward > this."""
+    distill_threshold: float = 0.5
+    """Retries with reward > this become (prompt -> retry) internalization pairs."""
+    memory_size: int = 50
+    """FIFO capacity of the cross-episode reflection memory."""
+    memory_top_k: int = 3
+    """Reflections retrieved into each reflection prompt."""
+    retrieval: str = "recency"
+    """recency | similarity (MiniLM embedding of the prompt)."""
+    enable_reflection: bool = True
+    """Off: plain GRPO with the same generation budget."""
+    enable_memory: bool = True
+    enable_internalization: bool = True
+    internalization: str = "sft"
+    """sft: cross-entropy on (prompt -> retry); raft: reward-weighted likelihood inside the RL loss."""
+    internalization_coef: float = 1.0
+    attempt_weight: float = 1.0
+    """Loss weight of first-attempt trajectories."""
+    reflection_weight: float = 1.0
+    retry_weight: float = 1.0
+    reflection_max_new_tokens: int = 128
+    reflection_template: str = (
+        "A previous attempt at a task failed.\n\nTask:\n{prompt}\n\nAttempt:\n{attempt}\n\n"
+        "Feedback: {feedback}\nReward: {reward}\n\nLessons that helped before:\n{memory}\n\n"
+        "Write a short plan that fixes the mistake. Do not solve the task."
+    )
+    retry_template: str = "{prompt}\n\nUse this plan:\n{reflection}"
+
+    def __post_init__(self) -> None:
+        check_choice("algo.erl.variant", self.variant, ["packed", "split"])
+        check_choice("algo.erl.retrieval", self.retrieval, ["recency", "similarity"])
+        check_choice("algo.erl.internalization", self.internalization, ["sft", "raft"])
+        check(self.memory_size >= 0, "algo.erl.memory_size", self.memory_size, "must be >= 0")
+        check(self.memory_top_k >= 0, "algo.erl.memory_top_k", self.memory_top_k, "must be >= 0")
+        check_template("algo.erl.reflection_template", self.reflection_template,
+                       required={"prompt", "attempt"}, allowed={"prompt", "attempt", "feedback", "reward", "memory"})
+        check_template("algo.erl.retry_template", self.retry_template,
+                       required={"prompt", "reflection"}, allowed={"prompt", "reflection"})
 
 
 def fill(template: str, **values: str) -> str:
@@ -233,8 +282,8 @@ def erl_metrics(attempts: list[Sample], gated: list[Sample], episodes: list[Epis
     }
 
 
-@register_rollout("erl")
-class ERLRollout:
+@register_rollout("erl", config=ErlConfig)
+class ERLRollout(Rollout):
     """The ERL rollout (see the module docstring); its only cross-step state is the memory."""
 
     def __init__(self, ctx: RolloutContext):

@@ -2,9 +2,9 @@
 
 An algorithm may own its rollout phase (ERL generates reflections and retries), so the loop only
 calls `ROLLOUTS[cfg.algo.rollout](ctx)` once at setup and then `rollout(step)` each step. A
-rollout draws its own prompts through `ctx.draw` (DAPO's dynamic sampling draws more to refill),
-keeps whatever cross-step state it needs (ERL memory) behind `state_dict`, and returns Samples
-with rewards; advantages are computed by the loop.
+rollout (a `Rollout` subclass) draws its own prompts through `ctx.draw` (DAPO's dynamic sampling
+draws more to refill), keeps whatever cross-step state it needs (ERL memory) behind `state_dict`,
+and returns Samples with rewards; advantages are computed by the loop.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from rltool.rollout.engine import Engine, Sampling
 from rltool.rollout.prompts import encode_chat
 from rltool.samples import Completion, Sample
 
-ROLLOUTS: Registry[Callable[["RolloutContext"], Any]] = Registry("rollout", home="rltool.algos")
+ROLLOUTS: Registry[type["Rollout"]] = Registry("rollout", home="rltool.algos")
 register_rollout = ROLLOUTS.register
 
 
@@ -109,13 +109,6 @@ def sample_groups(ctx: RolloutContext, examples: list[Example], ids: GroupIds, *
     return samples
 
 
-def play(ctx: RolloutContext, examples: list[Example], ids: GroupIds) -> list[Sample]:
-    """A group of trajectories per example: the environment's own rollout when it has one (multi-turn,
-    multi-actor: `env.play`), else `group_size` single-turn completions of the policy."""
-    env_play = getattr(ctx.env, "play", None)
-    return env_play(ctx, examples, ids) if env_play else sample_groups(ctx, examples, ids)
-
-
 def keep_informative(samples: list[Sample], metric: str = "success") -> list[Sample]:
     """DAPO dynamic sampling: drop groups whose `metric` is the same for every scored member.
 
@@ -131,9 +124,41 @@ def keep_informative(samples: list[Sample], metric: str = "success") -> list[Sam
     return [s for s, k in zip(samples, keep.tolist()) if k]
 
 
+class Rollout:
+    """Base class of a registered rollout: built once at setup as `cls(ctx)`, then called each step as
+    `rollout(step) -> (samples, metrics)`. What else the loop, rltool validate and the model card ask of it
+    is declared here with its default."""
+
+    plays: tuple[str, ...] = ("single_turn",)
+    """The kinds of env episode (an env's `episodes`) it drives; rltool validate (cli.check_env_actors)
+    refuses an env of another kind before any model loads."""
+    REWARD: str | None = None
+    """What it rewards, for the model card, when it scores episodes itself instead of with the reward group
+    (AGRL's value log-probs). None: the card lists the reward group's terms."""
+
+    def __init__(self, ctx: RolloutContext):
+        self.ctx = ctx
+
+    @classmethod
+    def check(cls, config: Config) -> None:
+        """Rules between its own keys and the rest of the config, raising ConfigError before any model loads
+        (AGRL: its hidden-state embedding cannot run on ZeRO-3 shards). Default: none."""
+
+    def __call__(self, step: int) -> tuple[list[Sample], dict[str, float]]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Cross-step state the checkpoint keeps (ERL's memory, AGRL's filter statistics). Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`'s state on resume."""
+
+
 @register_rollout("grpo")
-class GroupRollout:
-    """GRPO-family rollout: `prompts_per_step` prompts x `group_size` samples each.
+class GroupRollout(Rollout):
+    """GRPO-family rollout: `prompts_per_step` prompts x `group_size` samples each, each env's `play` (the
+    single-turn default, or a multi-actor env's own).
 
     With `algo.dynamic_sampling`, zero-variance groups are dropped and up to `max_refill_rounds`
     extra rounds of fresh prompts refill the batch; if still short, the step trains on fewer groups
@@ -141,15 +166,11 @@ class GroupRollout:
     """
 
     plays = ("single_turn", "multi_actor")
-    """The kinds of env episode it drives (an env's `episodes`): multi-actor envs through their `play`."""
-
-    def __init__(self, ctx: RolloutContext):
-        self.ctx = ctx
 
     def __call__(self, step: int) -> tuple[list[Sample], dict[str, float]]:
         ctx, want = self.ctx, self.ctx.cfg.trainer.prompts_per_step // self.ctx.cfg.hardware.num_processes
         ids = GroupIds(ctx.rank)
-        samples = play(ctx, ctx.draw(want), ids)
+        samples = ctx.env.play(ctx, ctx.draw(want), ids)
         metrics = {"rollout/reward_all": _mean([s.reward for s in samples])}
         if ctx.cfg.algo.dynamic_sampling:
             metric = ctx.cfg.algo.dynamic_sampling_metric
@@ -158,18 +179,12 @@ class GroupRollout:
                 missing = want - len({s.group for s in samples})
                 if missing <= 0:
                     break
-                samples += keep_informative(play(ctx, ctx.draw(missing), ids), metric)
+                samples += keep_informative(ctx.env.play(ctx, ctx.draw(missing), ids), metric)
             kept = set(sorted({s.group for s in samples})[:want])
             # Nothing informative at all: train on the first round, whose advantages are all 0.
             samples = [s for s in samples if s.group in kept] or first_round
         metrics["rollout/groups"] = float(len({s.group for s in samples}))
         return samples, metrics
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def _mean(xs: list[float | None]) -> float:

@@ -14,12 +14,13 @@ from rltool.envs.base import Env, Example
 from rltool.envs.compose import ComposedEnv
 from rltool.registry import Registry
 
-ENVS: Registry[Callable[[EnvConfig], Env]] = Registry("environment", home="rltool.envs")
+ENVS: Registry[Callable[[EnvConfig], Env]] = Registry("environment", home="rltool.envs", config=EnvConfig)
 
 
-def register_env(name: str):
-    """Class decorator: `@register_env("gsm8k")`; the class is built as `cls(cfg: EnvConfig)`."""
-    return ENVS.register(name)
+def register_env(name: str, config: type[EnvConfig] | None = None):
+    """Class decorator: `@register_env("gsm8k")`; the class is built as `cls(cfg)`, cfg an instance of `config`
+    (a dataclass extending EnvConfig with the env's own keys, `env.<key>`; EnvConfig when it has none)."""
+    return ENVS.register(name, config)
 
 
 def validate_env_config(cfg: EnvConfig) -> None:
@@ -29,7 +30,7 @@ def validate_env_config(cfg: EnvConfig) -> None:
         if name not in ENVS:
             raise ConfigError(f"env.name={cfg.name!r}: unknown environment {name!r}; valid: {', '.join(ENVS.names())}")
     for name in dict.fromkeys(cfg.name.split("+")):
-        getattr(ENVS[name], "check", lambda cfg: None)(cfg)
+        ENVS[name].check(cfg)
 
 
 def make_env(cfg: EnvConfig) -> Env:

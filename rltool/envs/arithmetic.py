@@ -10,7 +10,9 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from rltool.config import EnvConfig, check
+from dataclasses import dataclass, field
+
+from rltool.config import EnvConfig, check, check_choice
 from rltool.envs import register_env
 from rltool.envs.base import Example
 from rltool.envs.gsm8k import NUMERIC_ANSWER_METRICS
@@ -29,11 +31,27 @@ def problems(digits: int, operators: list[str], seed: int) -> Iterator[tuple[str
         yield f"What is {a} {op} {b}?", str(OPS[op](a, b))
 
 
-@register_env("arithmetic")
+@dataclass
+class ArithmeticConfig(EnvConfig):
+    """env=arithmetic's own keys."""
+
+    operators: list[str] = field(default_factory=lambda: ["+", "-", "*"])
+    """Operators drawn uniformly."""
+    digits: int = 2
+    """Operand digit count."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.digits <= 6, "env.digits", self.digits, "must be in 1..6")
+        for op in self.operators:
+            check_choice("env.operators", op, ["+", "-", "*"])
+
+
+@register_env("arithmetic", config=ArithmeticConfig)
 class ArithmeticEnv(SingleTurnEnv):
     name = "arithmetic"
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: ArithmeticConfig):
         n_operands = 9 * 10 ** (cfg.digits - 1)
         distinct = n_operands**2 * len(set(cfg.operators))
         # Otherwise the eval loop below, or the train loop's skipping, would never finish.

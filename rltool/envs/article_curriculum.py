@@ -16,20 +16,53 @@ import re
 
 from rltool.agrl.articles import Article, Fact, check_disjoint, fact_pairs, heldout_articles, tokenize_article, train_articles
 from rltool.agrl.kv import KVPair, KVParams, choose_pairs, episode_pairs
-from rltool.config import ConfigError, EnvConfig
+from dataclasses import dataclass
+
+from rltool.config import ConfigError, HubSourceConfig, check, check_choice
 from rltool.envs import register_env
-from rltool.envs.base import Example
+from rltool.envs.base import Env, Example
 
 INSTRUCTION = ("You are reading the article \"{title}\" one fact at a time, in the order you choose. Write a short "
                "search query (a few words) for the fact you want to read next.")
 DEFAULT_TRAIN_ARTICLES = 2000
 
 
-@register_env("article_curriculum")
-class ArticleCurriculum:
-    name = "article_curriculum"
+@dataclass
+class ArticleConfig(HubSourceConfig):
+    """env=article_curriculum's own keys: where articles come from and how they are cut into key/value pairs."""
 
-    def __init__(self, cfg: EnvConfig):
+    hub_name: str = "wikimedia/wikipedia"
+    """source=hub: the dataset of articles (`text`, `title`, `id` columns)."""
+    hub_subset: str = "20231101.en"
+    """source=hub: the dataset's configuration ("" for none, e.g. a local folder)."""
+    pair_unit: str = "auto"
+    """fact (one pair per sentence: key = all but its last word, value = the last word) | tokens (key_tokens +
+    value_tokens every stride tokens) | auto (fact for generated articles, tokens for hub)."""
+    key_tokens: int = 8
+    value_tokens: int = 4
+    stride: int = 0
+    """pair_unit=tokens: tokens between pair starts (0 = key_tokens + value_tokens)."""
+    pairs_per_episode: int = 6
+    """Pairs offered per episode (the episode's selection steps)."""
+    min_article_tokens: int = 0
+    """pair_unit=tokens: shorter articles are skipped."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("env.pair_unit", self.pair_unit, ["auto", "fact", "tokens"])
+        for key in ("key_tokens", "value_tokens", "pairs_per_episode"):
+            check(getattr(self, key) >= 1, f"env.{key}", getattr(self, key), "must be >= 1")
+        for key in ("stride", "min_article_tokens"):
+            check(getattr(self, key) >= 0, f"env.{key}", getattr(self, key), "must be >= 0")
+
+
+@register_env("article_curriculum", config=ArticleConfig)
+class ArticleCurriculum(Env):
+    name = "article_curriculum"
+    episodes = "article"
+    """Played by algo=agrl's rollout alone: the policy writes queries that pick what it reads next."""
+
+    def __init__(self, cfg: ArticleConfig):
         self.cfg = cfg
         train_n = cfg.train_size or DEFAULT_TRAIN_ARTICLES
         if cfg.source == "hub":

@@ -19,11 +19,13 @@ import zlib
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from rltool.config import ConfigError, EnvConfig
+from dataclasses import dataclass
+
+from rltool.config import ConfigError, check_choice
 from rltool.envs import register_env
 from rltool.envs.base import Example
 from rltool.envs.round_spec import parse, schedules
-from rltool.envs.task_based import OnTask
+from rltool.envs.task_based import OnTask, TaskConfig
 from rltool.rollout.conversation import Speaker, run_turns, start_conversations
 from rltool.rollout.engine import Sampling
 from rltool.samples import Completion, Sample
@@ -37,11 +39,29 @@ DEFAULT_PROMPTS = {
 FALLBACK_PROMPT = "You are {{ name }}, working on a problem together with {{ others }}. End with the final answer after '####'."
 
 
+@dataclass
+class CollabConfig(TaskConfig):
+    """The keys of a conversation between actors."""
+
+    round_spec: str = "solver -> checker"
+    """Who speaks when (rltool/envs/round_spec.py), e.g. `solver -> checker -> (solver/checker)*2`."""
+    schedule_per: str = "group"
+    """One schedule per group (its members stay comparable) | row."""
+    speaker_format: str = "{name} says: {text}"
+    """How another actor's turn reads (as a user message)."""
+    answer_from: str = "last"
+    """Whose answer counts: last (the final turn's speaker) or an actor's name (its last turn)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("env.schedule_per", self.schedule_per, ["group", "row"])
+
+
 JINJA = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 """Renders env.system_prompts: sandboxed, since a template from a config must not run code."""
 
 
-def system_prompt(cfg: EnvConfig, actor: str, actors: list[str], question: str, meta: dict) -> str:
+def system_prompt(cfg: CollabConfig, actor: str, actors: list[str], question: str, meta: dict) -> str:
     """Actor `actor`'s system prompt: its Jinja2 template (env.system_prompts) over the problem, never its answer.
     Rendered sandboxed: a template comes from a config, so it may not reach Python internals (`__class__`,
     `__globals__`, ...): jinja2's SecurityError, like a typo, is one ConfigError line naming the key."""
@@ -57,13 +77,16 @@ def system_prompt(cfg: EnvConfig, actor: str, actors: list[str], question: str, 
 class CollabEnv(OnTask):
     """A single-turn task's problems, played as a conversation between actors."""
 
-    columns = ("conversation", "actor")
-    """Offered to rewards besides the problem's own: the whole dialogue and the actor being scored."""
     episodes = "multi_actor"
     """Played by its own `play` (rltool validate refuses a rollout that does not drive it)."""
 
     @classmethod
-    def check_config(cls, cfg: EnvConfig, actors: list[str]) -> None:
+    def columns(cls, cfg: CollabConfig) -> tuple[str, ...]:
+        """Offered to rewards besides the problem's own: the whole dialogue and the actor being scored."""
+        return ("conversation", "actor")
+
+    @classmethod
+    def check_actors(cls, cfg: CollabConfig, actors: list[str]) -> None:
         """Before any model loads: the round-spec and answer_from name actors, and every system prompt renders
         in the sandbox (a problem's meta keys are unknown here: those are checked at the first rollout)."""
         parse(cfg.round_spec, actors)  # RoundSpecError names the position
@@ -168,21 +191,25 @@ def score_episodes(ctx, answers: list[Completion], rows: list[Example], dialogue
     return [{n: next(scored) for n in learners} for _ in answers]
 
 
-@register_env("collab")
+@register_env("collab", config=CollabConfig)
 class Collab(CollabEnv):
-    """Any single-turn task as a conversation: env=collab env.task=<task>."""
+    """Any single-turn task as a conversation: env=collab env.task=<task> (conf/env/collab.yaml)."""
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: CollabConfig):
         super().__init__(cfg, "collab", cfg.task)
 
 
-@register_env("collab_arithmetic")
+@register_env("collab_arithmetic", config=CollabConfig)
 class CollabArithmetic(CollabEnv):
-    def __init__(self, cfg: EnvConfig):
+    TASK = "arithmetic"
+
+    def __init__(self, cfg: CollabConfig):
         super().__init__(cfg, "collab_arithmetic", "arithmetic")
 
 
-@register_env("collab_gsm8k")
+@register_env("collab_gsm8k", config=CollabConfig)
 class CollabGSM8K(CollabEnv):
-    def __init__(self, cfg: EnvConfig):
+    TASK = "gsm8k"
+
+    def __init__(self, cfg: CollabConfig):
         super().__init__(cfg, "collab_gsm8k", "gsm8k")

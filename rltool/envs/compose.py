@@ -15,9 +15,12 @@ from itertools import chain, zip_longest
 from rltool.envs.base import Env, Example
 
 
-class ComposedEnv:
+class ComposedEnv(Env):
+    """Several registered envs as one (built by make_env, never registered itself). Its own hooks route
+    each example to its part; `episodes`, `check` and `check_actors` are asked of each part instead."""
+
     def __init__(self, parts: list[Env], mix: list[float] | None = None, eval_only: list[str] | None = None):
-        self.parts = parts
+        self._parts = parts
         self.name = "+".join(p.name for p in parts)
         self._owner: dict[str, Env] = {}
         for env in parts:
@@ -35,6 +38,10 @@ class ComposedEnv:
     def eval_examples(self) -> list[Example]:
         return self._eval
 
+    @property
+    def parts(self) -> list[Env]:
+        return self._parts
+
     def owner(self, example: Example) -> Env:
         return self._owner[example.id]
 
@@ -43,25 +50,27 @@ class ComposedEnv:
 
     def play(self, ctx, examples: list[Example], ids) -> list:
         """Each part's examples through that part's rollout, in one list."""
-        from rltool.algos.rollouts import sample_groups
-
         samples = []
         for part in self.parts:
             mine = [e for e in examples if self.owner(e) is part]
             if mine:
-                samples += part.play(ctx, mine, ids) if hasattr(part, "play") else sample_groups(ctx, mine, ids)
+                samples += part.play(ctx, mine, ids)
         return samples
 
     def answers(self, actors: dict, examples: list[Example], cfg) -> list:
         """Each part's greedy answers (its own rule), back in the order of `examples`."""
-        from rltool.evaluate import greedy_answers
-
         out = {}
         for part in self.parts:
             mine = [e for e in examples if self.owner(e) is part]
             if mine:
-                out |= dict(zip((e.id for e in mine), greedy_answers(actors, part, mine, cfg)))
+                out |= dict(zip((e.id for e in mine), part.answers(actors, mine, cfg)))
         return [out[e.id] for e in examples]
+
+    def eval_metrics(self) -> dict[str, str]:
+        """The measures taken over all its problems: those every part declares alike (each part's own are
+        reported per part, eval/<part>/...)."""
+        first, *rest = [p.eval_metrics() for p in self.parts]
+        return {k: v for k, v in first.items() if all(m.get(k) == v for m in rest)}
 
 
 def weighted_interleave(streams: list[list[Example]], weights: list[float] | None) -> list[Example]:

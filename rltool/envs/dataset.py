@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+from dataclasses import dataclass, field
+
 from rltool.config import ConfigError, EnvConfig
 from rltool.envs import register_env
 from rltool.envs.base import Example
@@ -27,7 +29,20 @@ FIELDS = ("id", "prompt", "answer")
 """Columns that become Example's own fields; the rest go to Example.meta."""
 
 
-def check(cfg: EnvConfig) -> None:
+@dataclass
+class DatasetConfig(EnvConfig):
+    """env=dataset's own keys: where your data is and what its columns are called."""
+
+    path: str = ""
+    """Your data: a .jsonl / .json / .csv / .parquet file or a `datasets` save_to_disk directory, with a `prompt`
+    column (a string or a list of {role, content} messages); other columns reach rewards by name."""
+    eval_path: str = ""
+    """A held-out file in the same format ("" = hold out env.eval_size rows of env.path, chosen with env.seed)."""
+    rename: dict[str, str] = field(default_factory=dict)
+    """Column renames applied on reading, your name -> rltool's (`+env.rename.question=prompt`)."""
+
+
+def check(cfg: DatasetConfig) -> None:
     """ConfigError naming the first problem with env.path / env.eval_path (reads them, builds nothing else)."""
     if not cfg.path:
         raise ConfigError("env.path: required with env=dataset; a .jsonl, .json, .csv or .parquet file, or a "
@@ -123,18 +138,18 @@ def to_example(row: dict, split: str, index: int) -> Example:
                    answer="" if answer is None else str(answer), meta=meta)
 
 
-@register_env("dataset")
+@register_env("dataset", config=DatasetConfig)
 class DatasetEnv(SingleTurnEnv):
     name = "dataset"
     check = staticmethod(check)
 
-    @staticmethod
-    def columns(cfg: EnvConfig) -> tuple[str, ...]:
+    @classmethod
+    def columns(cls, cfg: DatasetConfig) -> tuple[str, ...]:
         """The data's columns (after env.rename), which rewards may name; the data is checked first."""
         check(cfg)
         return tuple(load_rows(cfg.path, "env.path", tuple(cfg.rename.items()))[0])
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: DatasetConfig):
         check(cfg)
         rename = tuple(cfg.rename.items())
         rows = load_rows(cfg.path, "env.path", rename)

@@ -12,7 +12,7 @@ import json
 import random
 from importlib import resources
 
-from rltool.config import EnvConfig, check
+from rltool.config import HubSourceConfig, check
 from rltool.envs import register_env
 from rltool.envs.base import Example
 from rltool.envs.single_turn import SingleTurnEnv
@@ -62,11 +62,11 @@ def cap(indices: list[int], size: int) -> list[int]:
     return indices[:size] if size > 0 else indices
 
 
-@register_env("gsm8k")
+@register_env("gsm8k", config=HubSourceConfig)
 class GSM8KEnv(SingleTurnEnv):
     name = "gsm8k"
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: HubSourceConfig):
         if cfg.source == "embedded":
             rows = load_embedded()
             check(cfg.eval_size < len(rows), "env.eval_size", cfg.eval_size,

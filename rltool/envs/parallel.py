@@ -16,12 +16,12 @@ is compared with itself even when one model plays both.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from rltool.config import ConfigError, EnvConfig
+from rltool.config import ConfigError, check
 from rltool.envs import register_env
 from rltool.envs.base import Example
-from rltool.envs.task_based import OnTask
+from rltool.envs.task_based import OnTask, TaskConfig
 from rltool.rewards.registry import REWARDS, call_reward
 from rltool.rollout.engine import Sampling
 from rltool.rollout.prompts import PromptTooLong, encode_chat
@@ -31,6 +31,27 @@ COMBINE = ("Here are {k} draft solutions to the problem above, possibly wrong:\n
            "Check them and write the correct solution. Put the final answer after '####'.")
 
 
+@dataclass
+class ParallelConfig(TaskConfig):
+    """The keys of drafts + combiner."""
+
+    drafter: str = "policy"
+    """The actor that writes the drafts."""
+    combiner: str = "policy"
+    """The actor that reads the drafts and writes the answer."""
+    drafts: int = 3
+    """Drafts per attempt (K)."""
+    draft_share: float = 0.5
+    """A draft's reward is its own reward + draft_share x the combiner's."""
+    draft_format_reward: float = 0.0
+    """Added to the reward of a draft without a '####' final answer (kept, never dropped)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.drafts >= 1, "env.drafts", self.drafts, "must be >= 1")
+        check(0 <= self.draft_share <= 1, "env.draft_share", self.draft_share, "must be in [0, 1]")
+
+
 class ParallelEnv(OnTask):
     """A single-turn task's problems, each answered from K drafts by a combiner (a draft's prompt: the task)."""
 
@@ -38,7 +59,7 @@ class ParallelEnv(OnTask):
     """Played by its own `play` (rltool validate refuses a rollout that does not drive it)."""
 
     @classmethod
-    def check_config(cls, cfg: EnvConfig, actors: list[str]) -> None:
+    def check_actors(cls, cfg: ParallelConfig, actors: list[str]) -> None:
         """Before any model loads: env.drafter and env.combiner are actors."""
         for role in ("drafter", "combiner"):
             if getattr(cfg, role) not in actors:
@@ -130,15 +151,17 @@ class ParallelEnv(OnTask):
         return [a[-1] for a in self.attempts(actors, examples, 1, drafts, answer, cfg.rollout.max_prompt_len)]
 
 
-@register_env("parallel")
+@register_env("parallel", config=ParallelConfig)
 class Parallel(ParallelEnv):
     """Any single-turn task with drafts + combiner: env=parallel env.task=<task>."""
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: ParallelConfig):
         super().__init__(cfg, "parallel", cfg.task)
 
 
-@register_env("parallel_gsm8k")
+@register_env("parallel_gsm8k", config=ParallelConfig)
 class ParallelGSM8K(ParallelEnv):
-    def __init__(self, cfg: EnvConfig):
+    TASK = "gsm8k"
+
+    def __init__(self, cfg: ParallelConfig):
         super().__init__(cfg, "parallel_gsm8k", "gsm8k")

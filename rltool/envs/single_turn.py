@@ -1,18 +1,14 @@
-"""Shared behaviour of one-prompt, one-completion environments.
-
-`Env` in base.py is a Protocol (structural, no code), so the defaults live here: the standard
-chat prompt (optional system prompt, then question + instruction).
-Subclasses only build their example lists.
+"""Shared behaviour of one-prompt, one-completion environments: example lists held as given, and the
+standard chat prompt (optional system prompt, then question + instruction). Every other hook is
+`Env`'s single-turn default (base.py). Subclasses only build their example lists.
 """
 from __future__ import annotations
 
 from rltool.config import EnvConfig
-from rltool.envs.base import Example
+from rltool.envs.base import Env, Example
 
 
-class SingleTurnEnv:
-    name: str
-
+class SingleTurnEnv(Env):
     def __init__(self, cfg: EnvConfig, train: list[Example], eval: list[Example]):
         self.cfg = cfg
         self._train = train

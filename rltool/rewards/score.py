@@ -57,17 +57,15 @@ def _check_name(registry: Registry, key: str, name: str) -> None:
 
 def env_columns(cfg: EnvConfig) -> Optional[set[str]]:
     """Names every row of the env offers a reward: the fixed ones, Example's fields, and the extra
-    names each env class declares in a `columns` class attribute (meta keys; for multi-turn envs
-    also "conversation", "actor"), or returns from `columns(cfg)` (env=dataset: the data's columns).
-    An env composed with `+` offers what all its parts offer.
+    names each env class returns from `Env.columns(cfg)` (multi-actor envs: "conversation", "actor";
+    env=dataset: the data's columns). An env composed with `+` offers what all its parts offer.
     None when an env name is unknown (validate_env_config reports that)."""
     from rltool.envs import ENVS  # here: rltool.envs imports gsm8k, which imports this package
 
     names = cfg.name.split("+")
     if not all(n in ENVS for n in names):
         return None
-    declared = [getattr(ENVS[n], "columns", ()) for n in names]
-    extra = set.intersection(*(set(c(cfg) if callable(c) else c) for c in declared))
+    extra = set.intersection(*(set(ENVS[n].columns(cfg)) for n in names))
     return {*FIXED, *COLUMNS, *extra}
 
 

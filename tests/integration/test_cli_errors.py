@@ -152,7 +152,7 @@ def test_unknown_group_option_lists_valid_options():
 def test_encoder_agent_commands_validate():
     for env in ("frozenlake_text", "taxi_text", "blackjack_text", "cliffwalking_text", "bandit_text"):
         proc = rltool("validate", "algo=ppo", "actors=minilm_agent", f"env={env}", timeout=120)
-        assert "loop: ppo" in proc.stdout and f"name: {env}" in proc.stdout and "sweep_metric: eval/return" in proc.stdout
+        assert "loop: ppo" in proc.stdout and f"name: {env}" in proc.stdout and "sweep_metric: eval/reward" in proc.stdout
 
 
 def test_every_shipped_algo_validates(tmp_path):

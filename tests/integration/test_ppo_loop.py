@@ -1,5 +1,6 @@
 """Encoder agents end to end through the real CLI: real MiniLM, real environments, tiny budgets."""
 import csv
+import json
 import pickle
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rltool.ckpt import load_trainer_state
 from tests.integration.helpers import read_jsonl, rltool
 
 pytestmark = pytest.mark.slow
@@ -21,16 +23,16 @@ def test_text_bandit_learns_the_right_arm(tmp_path):
            "trainer.num_envs=8", "algo.ppo.num_steps=16", "algo.ppo.num_minibatches=2",
            "trainer.eval_every=0", "algo.ppo.eval_episodes=64", f"hydra.run.dir={tmp_path}", timeout=600)
     rows = read_jsonl(tmp_path / "metrics.jsonl")
-    train = [r for r in rows if "rollout/success" in r]
-    assert len(train) == 8 and train[0]["rollout/success"] < 0.6 and train[-1]["rollout/success"] > 0.9
+    train = [r for r in rows if "reward/success" in r]
+    assert len(train) == 8 and train[0]["reward/success"] < 0.6 and train[-1]["reward/success"] > 0.9
     # one description: every pooled dimension is constant over the visited states. Standardised without a
     # variance floor, the pooling's gradient was divided by 1e-4 (grad norms 12-60 from the second rollout on,
     # the clip at 0.5 shrinking every head's step); floored, they stay under 5
-    assert max(r["perf/grad_norm"] for r in train) < 10
+    assert max(r["policy/grad_norm"] for r in train) < 10
     assert all(torch.isfinite(torch.tensor([r["loss/policy"], r["loss/value"]])).all() for r in train)
     assert train[-1]["encoder/cache_hit_rate"] == 1.0  # one state and three actions, encoded in the first rollout
     final = [r for r in rows if "eval/success" in r][-1]
-    assert final["eval/success"] == 1.0 and final["eval/return"] == 1.0
+    assert final["eval/success"] == 1.0 and final["eval/reward"] == 1.0
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
@@ -66,7 +68,26 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert [r["step"] for r in again if "loss/policy" in r] == [192, 256]  # rollouts 3 and 4, not from scratch
     for r in again:
         if "loss/policy" in r:
-            assert r["loss/policy"] == first[r["step"]]["loss/policy"] and r["rollout/return"] == first[r["step"]]["rollout/return"]
+            assert r["loss/policy"] == first[r["step"]]["loss/policy"] and r["reward/mean"] == first[r["step"]]["reward/mean"]
+
+
+def test_checkpoints_go_through_the_lm_loops_writer(tmp_path):
+    # rltool/ckpt.py `commit_checkpoint` for both loops: the trainer-state core every resume reads (the step, one
+    # RNG state per rank), config.yaml, a manifest of every file, `latest`, pruning to trainer.keep_last
+    rltool("train", *AGENT, "env=frozenlake_text", "trainer.total_env_steps=24", "trainer.num_envs=2",
+           "algo.ppo.num_steps=4", "algo.ppo.num_minibatches=2", "trainer.save_every=1", "trainer.keep_last=2",
+           "trainer.eval_every=0", "algo.ppo.eval_episodes=2", f"hydra.run.dir={tmp_path}", timeout=600)
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_000002", "step_000003"]
+    assert (ckpts / "latest").read_text() == "step_000003\n"
+    newest = ckpts / "step_000003"
+    manifest = json.loads((newest / "checkpoint.json").read_text())
+    assert manifest["commit"] == 3 and set(manifest["files"]) == {"agent.pt", "optimizer.pt", "trainer_state.pt",
+                                                                  "config.yaml"}
+    state = load_trainer_state(newest)
+    assert state["step"] == 3 and state["global_step"] == 24  # rollouts done, environment steps
+    assert [sorted(r) for r in state["rng"]] == [["cuda", "numpy", "python", "torch"]]  # rng_states(): one rank
+    assert (newest / "config.yaml").read_text() == (tmp_path / "config.yaml").read_text()
 
 
 def env_state(pickled: bytes):
@@ -81,7 +102,7 @@ def test_sweep_over_two_seeds(tmp_path):
            "seed=0,1", f"hydra.sweep.dir={tmp_path}", timeout=600)
     rows = list(csv.DictReader((tmp_path / "multirun_summary.csv").open()))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok")]
-    assert all(r["eval/return"] != "" for r in rows)  # sweep_metric=eval/return (conf/algo/ppo.yaml)
+    assert all(r["eval/reward"] != "" for r in rows)  # sweep_metric=eval/reward (conf/algo/ppo.yaml)
 
 
 def fault_run(fault: str, tmp_path, *overrides: str) -> subprocess.CompletedProcess:

@@ -22,13 +22,14 @@ from rltool.actors.chunked_logp import lm_head  # noqa: E402
 from rltool.actors.embedded import materialize  # noqa: E402
 from rltool.actors.load import load_policy  # noqa: E402
 from rltool.actors.logprobs import completion_logp  # noqa: E402
-from rltool.config import ActorConfig, AlgoConfig, HardwareConfig, RolloutConfig, TrainerConfig  # noqa: E402
+from rltool.config import ActorConfig, HardwareConfig, RolloutConfig, TrainerConfig  # noqa: E402
+from rltool.schemas import algo_config
 
 
 def main(out: str) -> None:
     from deepspeed.utils import safe_get_full_grad
 
-    cfg = SimpleNamespace(algo=AlgoConfig(name="t"), rollout=RolloutConfig(max_new_tokens=8),
+    cfg = SimpleNamespace(algo=algo_config(name="t"), rollout=RolloutConfig(max_new_tokens=8),
                           trainer=TrainerConfig(prompts_per_step=2, group_size=2, micro_batch_size=2),
                           hardware=HardwareConfig(name="t", num_processes=2, zero_stage=3))
     accelerator = parallel.start(cfg)

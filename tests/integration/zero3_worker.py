@@ -27,10 +27,11 @@ from rltool.actors.embedded import materialize  # noqa: E402
 from rltool.actors.load import load_policy, load_tokenizer  # noqa: E402
 from rltool.actors.logprobs import completion_logp  # noqa: E402
 from rltool.batch import collate  # noqa: E402
-from rltool.config import ActorConfig, AlgoConfig, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig  # noqa: E402
+from rltool.config import ActorConfig, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig  # noqa: E402
 from rltool.rollout.prompts import encode_chat  # noqa: E402
 from rltool.samples import Sample  # noqa: E402
 from rltool.steps import compute_advantages, optimize  # noqa: E402
+from rltool.schemas import algo_config
 
 QUESTIONS = ["What is 17 + 25?", "What is 9 x 7?"]
 ANSWERS = [" 42", " The answer is 42.", " 17 + 25 = 42", " I think it is 41 or so.",
@@ -64,7 +65,7 @@ def set_lr(optimizer, lr: float) -> None:
 
 def main(out: str, with_engine: bool, lora_r: int) -> None:
     cfg = SimpleNamespace(
-        algo=AlgoConfig(name="t", advantage="grpo", agg="dapo", mismatch_level="token"),
+        algo=algo_config(name="t", advantage="grpo", agg="dapo", mismatch_level="token"),
         trainer=TrainerConfig(prompts_per_step=2, group_size=4, micro_batch_size=2, lr=1e-3 if lora_r else 1e-4,
                               grad_clip=1.0),
         rollout=RolloutConfig(max_new_tokens=16), hardware=HardwareConfig(name="t", num_processes=2, zero_stage=3))

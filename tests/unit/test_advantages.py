@@ -6,6 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from rltool.algos.advantages import ADVANTAGES, grpo_advantage_reference
+from rltool.schemas import algo_config
 
 TESTED = {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
 NAN = float("nan")
@@ -163,7 +164,7 @@ def test_kl_in_reward_reaches_rows_whose_advantage_the_rollout_preset():
     from rltool.samples import Sample
     from rltool.steps import compute_advantages
 
-    algo = AlgoConfig(kl_coef=0.5, kl_estimator="k1", kl_placement="reward")
+    algo = algo_config(kl_coef=0.5, kl_estimator="k1", kl_placement="reward")
     samples = [Sample(prompt_ids=[1], completion_ids=[5, 5], sample_logp=[-1.0, -1.0], group=0, reward=1.0, adv=0.8),
                Sample(prompt_ids=[1], completion_ids=[5, 5], sample_logp=[-2.0, 0.0], group=1, reward=0.0,
                       token_adv=[1.0, 2.0], completion_mask=[1, 0])]

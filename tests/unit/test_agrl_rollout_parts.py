@@ -23,9 +23,10 @@ from rltool.agrl.filter import TrajectoryFilter
 from rltool.agrl.kv import KVPair
 from rltool.agrl.scoring import OrderingScorer
 from rltool.batch import collate
-from rltool.config import AlgoConfig, EnvConfig, RolloutConfig, TrainerConfig
+from rltool.config import RolloutConfig, TrainerConfig
 from rltool.envs.article_curriculum import ArticleCurriculum
 from rltool.samples import Completion, Sample
+from rltool.schemas import algo_config, env_config
 
 WORDS = {}
 
@@ -46,19 +47,19 @@ def test_fact_pairs_split_each_fact_before_its_last_word():
 
 
 def test_article_env_pairs_are_seeded_in_article_order_and_know_their_roots():
-    env = ArticleCurriculum(EnvConfig(name="article_curriculum", train_size=20, eval_size=5, pairs_per_episode=4))
+    env = ArticleCurriculum(env_config(name="article_curriculum", train_size=20, eval_size=5, pairs_per_episode=4))
     example = env.train_examples()[0]
     article = example.meta["article"]
     a, b = env.pairs(example, encode, random.Random(3)), env.pairs(example, encode, random.Random(3))
     assert a == b and len(a) == 4 and [p.start for p in a] == sorted(p.start for p in a)
     assert [env.is_root(example, p) for p in a] == [article.facts[p.start].root for p in a]
     assert env.pairs(example, encode, None) == fact_pairs(article, encode)[:4]
-    too_many = ArticleCurriculum(EnvConfig(name="article_curriculum", train_size=2, eval_size=2, pairs_per_episode=99))
+    too_many = ArticleCurriculum(env_config(name="article_curriculum", train_size=2, eval_size=2, pairs_per_episode=99))
     assert too_many.pairs(too_many.train_examples()[0], encode, random.Random(0)) is None
     assert {e.id for e in env.train_examples()}.isdisjoint(e.id for e in env.eval_examples())
     prompt = env.messages(example, ["Ana is the parent of Bo."])
     assert example.question in prompt[0]["content"] and "Ana is the parent of Bo." in prompt[1]["content"]
-    tokens = ArticleCurriculum(EnvConfig(name="article_curriculum", train_size=2, eval_size=2, pair_unit="tokens",
+    tokens = ArticleCurriculum(env_config(name="article_curriculum", train_size=2, eval_size=2, pair_unit="tokens",
                                          key_tokens=3, value_tokens=2, pairs_per_episode=2))
     assert all(len(p.key) == 3 and len(p.value) == 2 for p in tokens.pairs(tokens.train_examples()[0], encode, None))
 
@@ -122,7 +123,7 @@ class FixedVectors:
 
 
 def test_episodes_pick_greedily_never_twice_and_read_the_last_pair_without_a_query(tokenizer):
-    env = ArticleCurriculum(EnvConfig(name="article_curriculum", train_size=2, eval_size=2))
+    env = ArticleCurriculum(env_config(name="article_curriculum", train_size=2, eval_size=2))
     pairs = [KVPair((10 + i,), (20 + i,), i) for i in range(4)]
     episodes = [Episode(env.train_examples()[0], pairs), Episode(env.train_examples()[1], pairs)]
     engine = ScriptedEngine()
@@ -185,7 +186,7 @@ def tiny_policy() -> LlamaForCausalLM:
 def test_shipped_agrl_settings_make_a_good_episodes_queries_likelier_and_a_bad_ones_less():
     shipped = OmegaConf.to_container(OmegaConf.load("conf/algo/agrl.yaml")["algo"])
     shipped.pop("agrl")
-    cfg = SimpleNamespace(algo=AlgoConfig(**shipped), trainer=TrainerConfig(micro_batch_size=4),
+    cfg = SimpleNamespace(algo=algo_config(**shipped), trainer=TrainerConfig(micro_batch_size=4),
                           rollout=RolloutConfig(max_new_tokens=4, temperature=1.0))
     # two query steps of a high-reward episode (adv +0.5) and one of a low-reward episode (adv -0.5)
     samples = [Sample([3, 4], [6, 7], [-1.0, -1.0], 0, 0.5, adv=0.5), Sample([3, 5], [8, 9], [-1.0, -1.0], 0, 0.5, adv=0.5),
@@ -203,15 +204,15 @@ def test_shipped_agrl_settings_make_a_good_episodes_queries_likelier_and_a_bad_o
 def test_hub_source_reads_articles_sentence_by_sentence_and_an_unreachable_hub_is_one_line(tmp_path):
     rows = [{"id": str(i), "title": f"T{i}", "text": f"First fact {i} here. Second fact {i}! Third {i}?"} for i in range(5)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    env = ArticleCurriculum(EnvConfig(name="article_curriculum", source="hub", hub_name=str(tmp_path), hub_subset="",
+    env = ArticleCurriculum(env_config(name="article_curriculum", source="hub", hub_name=str(tmp_path), hub_subset="",
                                       eval_size=2, train_size=3, pair_unit="tokens", key_tokens=2, value_tokens=1,
                                       pairs_per_episode=2))
     assert [e.id for e in env.eval_examples()] == ["0", "1"] and [e.id for e in env.train_examples()] == ["2", "3", "4"]
     facts = env.train_examples()[0].meta["article"].facts
     assert [f.text for f in facts] == ["First fact 2 here.", "Second fact 2!", "Third 2?"]
     assert env.unit == "tokens" and len(env.pairs(env.train_examples()[0], encode, None)) == 2
-    code = ("from rltool.config import EnvConfig\nfrom rltool.envs.article_curriculum import ArticleCurriculum\n"
-            "ArticleCurriculum(EnvConfig(name='article_curriculum', source='hub'))")
+    code = ("from rltool.schemas import env_config\nfrom rltool.envs.article_curriculum import ArticleCurriculum\n"
+            "ArticleCurriculum(env_config(name='article_curriculum', source='hub'))")
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=offline, timeout=120)
     assert out.returncode != 0
@@ -222,10 +223,10 @@ def test_hub_source_reads_articles_sentence_by_sentence_and_an_unreachable_hub_i
 def test_learn_selection_makes_a_good_episodes_pick_likelier_through_the_policys_own_vectors():
     from rltool.agrl.selection import attention_scores
     from rltool.algos.agrl import selection_inputs
-    from rltool.config import AgrlConfig
+    from rltool.algos.agrl import AgrlConfig
 
     agrl = AgrlConfig(embedding="hidden", learn_selection=True, layer=0, select_temperature=0.5)
-    cfg = SimpleNamespace(algo=AlgoConfig(name="agrl", agg="dr_grpo", agrl=agrl), trainer=TrainerConfig(micro_batch_size=2),
+    cfg = SimpleNamespace(algo=algo_config(name="agrl", agg="dr_grpo", agrl=agrl), trainer=TrainerConfig(micro_batch_size=2),
                           rollout=RolloutConfig(max_new_tokens=4, temperature=1.0))
     pairs = [KVPair((10 + i, 11 + i), (20,), i) for i in range(3)]
     good, bad = Episode(None, pairs, order=[2, 0, 1]), Episode(None, pairs, order=[1, 2, 0])

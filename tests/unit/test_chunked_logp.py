@@ -12,8 +12,9 @@ from rltool.actors.chunked_logp import ChunkedHeadLogp, lm_head
 from rltool.actors.logprobs import completion_logp
 from rltool.actors.lora import AdapterDisabled, add_adapter
 from rltool.batch import collate
-from rltool.config import AlgoConfig, LoraConfig, RolloutConfig, TrainerConfig
+from rltool.config import LoraConfig, RolloutConfig, TrainerConfig
 from rltool.samples import Sample
+from rltool.schemas import algo_config
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -130,7 +131,7 @@ def test_heads_the_chunked_path_cannot_stand_in_for():
 def optimize_once(agg: str, impl: str):
     model = tiny_model(tied=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: compare gradients
-    cfg = SimpleNamespace(algo=AlgoConfig(name="t", agg=agg, kl_coef=0.1),
+    cfg = SimpleNamespace(algo=algo_config(name="t", agg=agg, kl_coef=0.1),
                           trainer=TrainerConfig(micro_batch_size=4, logprob_impl=impl, logprob_chunk_size=5),
                           rollout=RolloutConfig(max_new_tokens=5, temperature=0.7))
     batch = collate(samples(), pad_id=0)

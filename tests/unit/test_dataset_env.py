@@ -5,8 +5,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from rltool.actors.embedded import resolve_model_path
-from rltool.config import ConfigError, EnvConfig
+from rltool.config import ConfigError
 from rltool.envs import make_env, validate_env_config
+from rltool.schemas import env_config
 from rltool.rewards.registry import Reward
 from rltool.rewards.score import env_columns
 from rltool.rollout.prompts import encode_chat
@@ -38,7 +39,7 @@ def write(tmp_path, fmt, rows=ROWS):
 
 
 def cfg(path, **kw):
-    return EnvConfig(name="dataset", path=str(path), eval_size=kw.pop("eval_size", 3), instruction="", **kw)
+    return env_config(name="dataset", path=str(path), eval_size=kw.pop("eval_size", 3), instruction="", **kw)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet", "disk"])

@@ -8,10 +8,10 @@ import torch.multiprocessing as mp
 from torch.testing import assert_close
 
 from rltool import dist as rdist
-from rltool.config import AlgoConfig
 from rltool.batch import collate
 from rltool.samples import Sample
 from rltool.steps import compute_advantages
+from rltool.schemas import algo_config
 
 # group 7 is split over the ranks (rank 0 holds two members, rank 1 one); group 9 lives on rank 1
 REWARDS = [1.0, 0.0, 0.5, 2.0, 4.0]
@@ -22,7 +22,7 @@ RANK_ROWS = {0: [0, 1], 1: [2, 3, 4]}
 def advantages(rows: list[int]) -> list[float]:
     samples = [Sample(prompt_ids=[1], completion_ids=[2], sample_logp=[0.0], group=GROUPS[i], reward=REWARDS[i])
                for i in rows]
-    cfg = SimpleNamespace(algo=AlgoConfig(name="t", advantage="dr_grpo"))
+    cfg = SimpleNamespace(algo=algo_config(name="t", advantage="dr_grpo"))
     compute_advantages(samples, collate(samples, pad_id=0), cfg)
     return [s.adv for s in samples]
 

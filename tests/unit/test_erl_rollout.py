@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from rltool.algos.erl import ERLRollout, fill
+from rltool.algos.erl import ERLRollout, ErlConfig, fill
 from rltool.algos.rollouts import ROLLOUTS, RolloutContext
-from rltool.config import (ActorConfig, AlgoConfig, Config, EnvConfig, ErlConfig, HardwareConfig, RewardConfig,
+from rltool.config import (ActorConfig, Config, HardwareConfig, RewardConfig,
                            RewardTerm, RolloutConfig, TrainerConfig)
 from rltool.envs.arithmetic import ArithmeticEnv
 from rltool.envs.base import Example
 from rltool.rewards import Scorer
 from rltool.samples import Completion
+from rltool.schemas import algo_config, env_config
 
 TOKENIZER = Path.home() / ".cache" / "rltool" / "models" / "smollm2-135m-instruct"
 REFLECT_MARK = "A previous attempt at a task failed."
@@ -59,13 +60,13 @@ class ScriptedEngine:
 
 def setup(tok, patterns, good=(), reward="gsm8k_strict", examples=None, system_prompt="", max_prompt_len=512, **erl):
     """patterns: one C/W string per prompt. Returns (rollout, engine, examples)."""
-    env_cfg = EnvConfig(name="arithmetic", eval_size=2, train_size=40, digits=1, operators=["+"],
+    env_cfg = env_config(name="arithmetic", eval_size=2, train_size=40, digits=1, operators=["+"],
                         system_prompt=system_prompt)
     env = ArithmeticEnv(env_cfg)
     if examples is None:
         distinct = list({e.question: e for e in env.train_examples()}.values())
         examples = distinct[:len(patterns)]
-    cfg = Config(algo=AlgoConfig(name="erl", rollout="erl", erl=ErlConfig(**erl)), env=env_cfg,
+    cfg = Config(algo=algo_config(name="erl", rollout="erl", erl=ErlConfig(**erl)), env=env_cfg,
                  actors={"policy": ActorConfig(name="policy", path="unused")}, hardware=HardwareConfig(name="cpu"),
                  reward=RewardConfig(name="t", terms=[RewardTerm(name=reward)], success=reward),
                  rollout=RolloutConfig(max_new_tokens=64, max_prompt_len=max_prompt_len),
@@ -352,7 +353,7 @@ def test_prompts_are_never_cut_from_the_left(tok):
 
     with pytest.raises(PromptTooLong, match="max_prompt_len=5"):
         encode_chat(tok, [{"role": "user", "content": "What is 2 + 2?"}], 5)
-    env = ArithmeticEnv(EnvConfig(name="arithmetic", eval_size=2, train_size=10))
+    env = ArithmeticEnv(env_config(name="arithmetic", eval_size=2, train_size=10))
     full = len(encode_chat(tok, env.messages(env.train_examples()[0])))
     kept, skipped = fitting_examples(env.train_examples(), env.messages, tok, full - 1)
     assert skipped == 10 - len(kept) and skipped > 0
@@ -401,7 +402,7 @@ def erl_rank_worker(rank: int, port: int, out) -> None:
 
 
 def distinct_examples():
-    env = ArithmeticEnv(EnvConfig(name="arithmetic", eval_size=2, train_size=40, digits=1, operators=["+"]))
+    env = ArithmeticEnv(env_config(name="arithmetic", eval_size=2, train_size=40, digits=1, operators=["+"]))
     return list({e.question: e for e in env.train_examples()}.values())[:4]
 
 

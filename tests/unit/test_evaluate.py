@@ -3,13 +3,14 @@ extra metrics (gsm8k/arithmetic: the accuracies), with a scripted engine and the
 from types import SimpleNamespace
 
 
-from rltool.config import EnvConfig, RewardConfig, RewardTerm
+from rltool.config import RewardConfig, RewardTerm
 from rltool.envs import make_env
 from rltool.envs.base import Example
 from rltool.envs.single_turn import SingleTurnEnv
 from rltool.evaluate import evaluate
 from rltool.rewards.registry import reward
 from rltool.samples import Completion
+from rltool.schemas import env_config
 
 class ByProblem:
     """Greedy engine: `reply(i, gold)` for the i-th problem it is shown (by the gold answer in the prompt)."""
@@ -37,7 +38,7 @@ def run_eval(tok, env, reward_cfg, reply):
 
 
 def test_arithmetic_eval_logs_success_weighted_reward_and_its_accuracies(tok):
-    env = make_env(EnvConfig(name="arithmetic", eval_size=4, train_size=4))
+    env = make_env(env_config(name="arithmetic", eval_size=4, train_size=4))
     # even problems: '#### <gold>' (strict and flexible right); odd ones: 'it is <gold>' (flexible only)
     reply = lambda i, gold: f"#### {gold}" if i % 2 == 0 else f"it is {gold}"  # noqa: E731
     cfg = RewardConfig(name="t", terms=[RewardTerm("gsm8k_flexible", 2.0), RewardTerm("gsm8k_strict", 1.0)],
@@ -70,7 +71,7 @@ def short(completion):
 
 
 def test_a_user_env_is_scored_on_its_own_reward_not_as_gsm8k(tok):
-    env = Words(EnvConfig(name="arithmetic"))
+    env = Words(env_config(name="arithmetic"))
     reply = lambda i, gold: gold if i < 3 else "no idea"  # noqa: E731 (3 of 4 right; 'pear', 'plum', 'fig' short)
     cfg = RewardConfig(name="t", terms=[RewardTerm("test_said_the_word", 1.0), RewardTerm("test_short", 0.5)],
                        success="test_said_the_word")
@@ -87,7 +88,7 @@ def agreed(completion, conversation):
 
 
 def test_a_conversation_reward_in_a_team_env_leaves_success_out_with_one_warning(tok, capsys):
-    env = make_env(EnvConfig(name="collab_arithmetic", eval_size=2, train_size=2))
+    env = make_env(env_config(name="collab_arithmetic", eval_size=2, train_size=2))
     engine = ByProblem(tok, env.eval_examples(), lambda i, gold: f"#### {gold}")
     actors = {n: SimpleNamespace(name=n, tokenizer=tok, engine=engine) for n in ("solver", "checker")}
     cfg = SimpleNamespace(policy=actors["solver"], seed=0, rollout=SimpleNamespace(max_prompt_len=512),

@@ -15,8 +15,9 @@ from rltool.actors.logprobs import completion_logp
 from rltool.actors.lora import AdapterDisabled, add_adapter, is_peft, merged_named_weights, named_weights_for_engine
 from rltool.batch import collate
 from rltool.ckpt import actor_dir, adapter_dir, load_optimizer, model_dir, save_checkpoint, save_final
-from rltool.config import ActorConfig, AlgoConfig, ConfigError, LoraConfig, RolloutConfig, TrainerConfig
+from rltool.config import ActorConfig, ConfigError, LoraConfig, RolloutConfig, TrainerConfig
 from rltool.samples import Sample
+from rltool.schemas import algo_config
 
 IDS = torch.tensor([[1, 5, 9, 3, 7, 2], [4, 4, 8, 1, 6, 3]])  # (B=2, T=6)
 MASK = torch.ones_like(IDS)
@@ -202,7 +203,7 @@ def test_loop_phases_with_kl_update_only_the_adapter():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
-    cfg = SimpleNamespace(algo=AlgoConfig(name="t", kl_coef=0.1, iterations=2),
+    cfg = SimpleNamespace(algo=algo_config(name="t", kl_coef=0.1, iterations=2),
                           trainer=TrainerConfig(micro_batch_size=2), rollout=RolloutConfig(max_new_tokens=4))
     samples = [Sample(prompt_ids=[3, 4], completion_ids=[6 + i, 7, 8], sample_logp=[-1.0] * 3, group=0,
                       reward=float(i), adv=float(i) - 1.5) for i in range(4)]

@@ -8,7 +8,7 @@ import torch
 
 from rltool.algos.rollouts import GroupIds
 from rltool.batch import collate
-from rltool.config import ConfigError, EnvConfig, RewardConfig, RewardTerm
+from rltool.config import ConfigError, RewardConfig, RewardTerm
 from rltool.envs import make_env
 from rltool.evaluate import evaluate
 from rltool.rewards.registry import reward
@@ -16,6 +16,7 @@ from rltool.rewards.score import Scorer
 from rltool.rollout.engine import Sampling
 from rltool.samples import Completion
 from rltool.steps import compute_advantages
+from rltool.schemas import env_config
 
 class Scripted:
     """Replies to each prompt in turn from `replies` (cycling); records every call's prompts and sampling."""
@@ -68,7 +69,7 @@ def unscored_on_marks(completion, answer):
 
 
 def test_collab_trains_each_actor_on_its_own_turns_in_its_own_groups(tok):
-    env = make_env(EnvConfig(name="collab_arithmetic", eval_size=2, train_size=4, round_spec="solver -> checker"))
+    env = make_env(env_config(name="collab_arithmetic", eval_size=2, train_size=4, round_spec="solver -> checker"))
     examples = env.train_examples()[:2]
     right = f"#### {examples[0].answer}"  # problem 0 is answered right by the checker in conversation 0 only
     actors = {"solver": actor("solver", tok, ["I think 7."]),
@@ -103,7 +104,7 @@ def test_collab_trains_each_actor_on_its_own_turns_in_its_own_groups(tok):
 
 
 def test_collab_schedules_are_per_group_and_an_actor_that_never_speaks_trains_nothing(tok):
-    env = make_env(EnvConfig(name="collab_arithmetic", eval_size=2, train_size=16, round_spec="(solver|checker) -> solver"))
+    env = make_env(env_config(name="collab_arithmetic", eval_size=2, train_size=16, round_spec="(solver|checker) -> solver"))
     actors = {"solver": actor("solver", tok, ["#### 1"]), "checker": actor("checker", tok, ["#### 2"])}
     samples = env.play(context(actors, group_size=3, seed=1), env.train_examples()[:8], GroupIds(0))
     by_group = {}
@@ -117,7 +118,7 @@ def test_collab_schedules_are_per_group_and_an_actor_that_never_speaks_trains_no
 
 
 def test_parallel_drafts_get_their_own_reward_plus_a_share_and_unformatted_drafts_are_kept(tok):
-    env = make_env(EnvConfig(name="parallel_gsm8k", eval_size=2, train_size=4, drafts=3, draft_share=0.5,
+    env = make_env(env_config(name="parallel_gsm8k", eval_size=2, train_size=4, drafts=3, draft_share=0.5,
                              draft_format_reward=-0.1))
     example = env.train_examples()[0]
     gold = example.answer
@@ -142,7 +143,7 @@ def test_parallel_drafts_get_their_own_reward_plus_a_share_and_unformatted_draft
 
 
 def test_a_team_reward_is_scored_once_per_conversation_and_shared_by_teammates(tok):
-    env = make_env(EnvConfig(name="collab_arithmetic", eval_size=2, train_size=4, round_spec="solver -> checker"))
+    env = make_env(env_config(name="collab_arithmetic", eval_size=2, train_size=4, round_spec="solver -> checker"))
     actors = {"solver": actor("solver", tok, ["I think 7."]), "checker": actor("checker", tok, ["#### 7"])}
     JUDGE_CALLS.clear()
     samples = env.play(context(actors, reward_name="test_coin_judge"), env.train_examples()[:2], GroupIds(0))
@@ -154,7 +155,7 @@ def test_a_team_reward_is_scored_once_per_conversation_and_shared_by_teammates(t
 
 
 def test_parallel_drafts_are_scored_by_the_run_reward_not_by_a_gsm8k_parse(tok):
-    env = make_env(EnvConfig(name="parallel_gsm8k", eval_size=2, train_size=4, drafts=2, draft_share=0.5))
+    env = make_env(env_config(name="parallel_gsm8k", eval_size=2, train_size=4, drafts=2, draft_share=0.5))
     example = env.train_examples()[0]
     gold = example.answer
     # right drafts in math_verify's own form (\boxed{}, no '####'), a wrong one, and a right combined answer
@@ -169,7 +170,7 @@ def test_parallel_drafts_are_scored_by_the_run_reward_not_by_a_gsm8k_parse(tok):
 
 
 def test_parallel_drafts_of_an_unscored_answer_stay_unscored(tok):
-    env = make_env(EnvConfig(name="parallel_gsm8k", eval_size=2, train_size=4, drafts=2, draft_share=0.5))
+    env = make_env(env_config(name="parallel_gsm8k", eval_size=2, train_size=4, drafts=2, draft_share=0.5))
     example = env.train_examples()[0]
     drafter = actor("drafter", tok, [f"#### {example.answer}"])
     combiner = actor("combiner", tok, ["???", f"#### {example.answer}"])  # attempt 1's answer cannot be scored
@@ -193,7 +194,7 @@ class Long(Scripted):
 def test_dapo_overlong_penalty_and_mask_apply_in_collab_and_parallel_envs(tok):
     long_reply = "#### 7 " + "and so on " * 10  # > 16 tokens: cut at 16, truncated
     algo = dict(overlong_mask=True, overlong_buffer=4, overlong_penalty=1.0)  # the last 4 of 16 tokens penalised
-    env = make_env(EnvConfig(name="collab_arithmetic", eval_size=2, train_size=4, round_spec="solver -> checker"))
+    env = make_env(env_config(name="collab_arithmetic", eval_size=2, train_size=4, round_spec="solver -> checker"))
     solver, checker = actor("solver", tok, ["I think 7."]), actor("checker", tok, [long_reply])
     checker.engine = Long(tok, [long_reply])
     samples = env.play(context({"solver": solver, "checker": checker}, **algo), env.train_examples()[:1], GroupIds(0))
@@ -203,7 +204,7 @@ def test_dapo_overlong_penalty_and_mask_apply_in_collab_and_parallel_envs(tok):
     assert [s.loss_weight for s in samples if s.actor == "checker"] == [0.0, 0.0]
     assert [s.loss_weight for s in samples if s.actor == "solver"] == [1.0, 1.0]
 
-    env = make_env(EnvConfig(name="parallel_gsm8k", eval_size=2, train_size=4, drafts=2, draft_share=0.0))
+    env = make_env(env_config(name="parallel_gsm8k", eval_size=2, train_size=4, drafts=2, draft_share=0.0))
     env.cfg.drafter, env.cfg.combiner = "drafter", "combiner"
     drafter, combiner = actor("drafter", tok, ["#### 1"]), actor("combiner", tok, ["#### 1"])
     drafter.engine = Long(tok, [long_reply])
@@ -233,7 +234,7 @@ class Oracle(Scripted):
 
 
 def test_composed_eval_gives_each_part_its_own_problems(tok):
-    env = make_env(EnvConfig(name="gsm8k+collab_arithmetic", eval_size=3, train_size=4))
+    env = make_env(env_config(name="gsm8k+collab_arithmetic", eval_size=3, train_size=4))
     examples = env.eval_examples()
     actors = {n: actor(n, tok, []) for n in ("solver", "checker")}
     for a in actors.values():

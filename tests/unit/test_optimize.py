@@ -1,6 +1,6 @@
 """optimize() on a tiny random Llama against an independent plain-torch reference of the step objective.
 
-The reference below is written out here from the formulas in the README's algorithm section: one
+The reference below is written out here from the formulas in docs/algorithms.md: one
 unpadded forward per row (no left padding, no position-id handling, no micro-batching, no row
 skipping), log_softmax at the sampling temperature, the clipped surrogate, TIS on the policy term,
 k3 KL, SFT at temperature 1, and each aggregation's normaliser. `optimize` must give the same
@@ -16,8 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rltool import steps
 from rltool.actors.logprobs import completion_logp
 from rltool.batch import collate
-from rltool.config import AlgoConfig, RolloutConfig, TrainerConfig
+from rltool.config import RolloutConfig, TrainerConfig
 from rltool.samples import Sample
+from rltool.schemas import algo_config
 
 MAX_NEW = 5
 TEMPERATURE = 0.7
@@ -46,7 +47,7 @@ def six_samples() -> list[Sample]:
 
 
 def config(agg: str, micro: int, kl_coef: float = 0.0, **algo) -> SimpleNamespace:
-    return SimpleNamespace(algo=AlgoConfig(name="t", agg=agg, kl_coef=kl_coef, mismatch_cap=CAP, **algo),
+    return SimpleNamespace(algo=algo_config(name="t", agg=agg, kl_coef=kl_coef, mismatch_cap=CAP, **algo),
                            trainer=TrainerConfig(micro_batch_size=micro, grad_clip=1e9),
                            rollout=RolloutConfig(max_new_tokens=MAX_NEW, temperature=TEMPERATURE))
 

@@ -5,8 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from rltool.config import ActorConfig, AlgoConfig, Config, ConfigError, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig
+from rltool.config import ActorConfig, Config, ConfigError, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig
 from rltool.plan import GIB, Shape, memory_plan
+from rltool.schemas import algo_config, env_config
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
            "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "tie_word_embeddings": True}
@@ -43,7 +44,7 @@ def test_tiny_counts_by_hand():
 def cfg(**over):
     """The fields the plan reads; `actors=` one ActorConfig (the policy) or a name -> ActorConfig dict."""
     c = SimpleNamespace(trainer=TrainerConfig(micro_batch_size=2), rollout=RolloutConfig(max_new_tokens=4, max_prompt_len=4),
-                        actors=ActorConfig(path="m"), algo=AlgoConfig(name="t"), env=SimpleNamespace(name="e"),
+                        actors=ActorConfig(path="m"), algo=algo_config(name="t"), env=SimpleNamespace(name="e"),
                         hardware=HardwareConfig(name="cpu", vllm_kv_cache_gib=1))
     for k, v in over.items():
         setattr(c, k, v)
@@ -70,7 +71,7 @@ def test_parts_by_hand_fp32_cpu():
 
 def test_a_full_reference_copy_for_a_kl_term_or_a_kl_measurement():
     hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
-    for over in ({"algo": AlgoConfig(name="t", kl_coef=0.1)}, {"trainer": TrainerConfig(micro_batch_size=2, ref_kl_rows=8)}):
+    for over in ({"algo": algo_config(name="t", kl_coef=0.1)}, {"trainer": TrainerConfig(micro_batch_size=2, ref_kl_rows=8)}):
         assert round(memory_plan(cfg(**over), hw, Shape.from_dict(TINY), 64 * GIB)[1]["reference"] * GIB) == 388 * 4
 
 
@@ -86,7 +87,7 @@ def test_logits_follow_the_logprob_path():
 
 def test_lora_trains_the_adapter_only_and_needs_no_reference_copy():
     hw = SimpleNamespace(dtype="float32", num_processes=1, device="cpu")
-    c = cfg(actors=ActorConfig(path="m", lora=LoraConfig(r=1)), algo=AlgoConfig(name="t", kl_coef=0.1))
+    c = cfg(actors=ActorConfig(path="m", lora=LoraConfig(r=1)), algo=algo_config(name="t", kl_coef=0.1))
     _, gib = memory_plan(c, hw, Shape.from_dict(TINY), 64 * GIB)
     assert round(gib["grads"] * GIB) == 128 * 4 and round(gib["optimizer"] * GIB) == 128 * 8 and gib["reference"] == 0
 
@@ -131,10 +132,9 @@ def test_activations_only_warn():
 
 
 def test_batch_plan_splits_the_step_over_ranks():
-    from rltool.config import EnvConfig
     from rltool.plan import batch_plan
 
-    cfg = SimpleNamespace(algo=AlgoConfig(name="grpo", iterations=2), env=EnvConfig(name="gsm8k"),
+    cfg = SimpleNamespace(algo=algo_config(name="grpo", iterations=2), env=env_config(name="gsm8k"),
                           actors={"policy": ActorConfig(path="embedded:smollm2-135m-instruct")},
                           trainer=TrainerConfig(prompts_per_step=4, group_size=8, micro_batch_size=4, max_steps=10),
                           rollout=RolloutConfig(max_new_tokens=100, max_prompt_len=156))

@@ -66,7 +66,7 @@ def test_eval_takes_the_same_number_of_episodes_from_every_env(encoder, short_or
     metrics = run_eval(agent, cfg, 0, MetricsLog(tmp_path, enabled=False))
     # quotas 2 + 2 (stable-baselines3's evaluate_policy): returns [0, 0, 1, 1], lengths [1, 1, 3, 3]. The first
     # 4 episodes to end would be three short ones and one long: return 0.25, length 1.5
-    assert metrics["eval/return"] == 0.5 and metrics["eval/length"] == 2.0 and metrics["eval/success"] == 0.5
+    assert metrics["eval/reward"] == 0.5 and metrics["eval/len"] == 2.0 and metrics["eval/success"] == 0.5
 
 
 def test_eval_ends_where_the_environment_has_no_time_limit(encoder, tmp_path):
@@ -82,7 +82,7 @@ def test_eval_ends_where_the_environment_has_no_time_limit(encoder, tmp_path):
     worker.join(timeout=120)
     assert not worker.is_alive(), "greedy evaluation never ended"
     cap = cfg.algo.ppo.eval_max_steps
-    assert result["eval/length"] == cap and result["eval/success"] == 0.0  # both episodes cut off at the cap
+    assert result["eval/len"] == cap and result["eval/success"] == 0.0  # both episodes cut off at the cap
 
 
 def test_an_update_with_nan_gradients_is_skipped_and_counted(encoder):

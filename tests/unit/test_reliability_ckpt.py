@@ -137,7 +137,7 @@ def test_ppo_checkpoint_is_plain_data_and_its_env_states_resume_exactly(tmp_path
     restore_envs(fresh, state, ckpt)
     a, b = envs.step(np.array([0, 3])), fresh.step(np.array([0, 3]))  # same positions, same slipping RNG
     assert list(a[0]) == list(b[0]) and a[1].tolist() == b[1].tolist()
-    assert state["iteration"] == 1
+    assert state["step"] == 1
 
 
 def test_an_env_state_signed_elsewhere_is_refused_unread(tmp_path, ppo_cfg, monkeypatch):
@@ -161,7 +161,7 @@ def test_validate_never_unpickles_a_ppo_trainer_state(tmp_path, ppo_cfg, capsys,
     run = tmp_path / "run"
     ckpt, _ = ppo_save(run, 1, ppo_cfg)
     marker = tmp_path / "pwned"
-    torch.save({"iteration": 1, "envs": Payload(marker)}, ckpt / "trainer_state.pt")  # torch's own format
+    torch.save({"step": 1, "envs": Payload(marker)}, ckpt / "trainer_state.pt")  # torch's own format
     (ckpt / "checkpoint.json").unlink(missing_ok=True)  # a foreign checkpoint comes with whatever manifest it likes
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["rltool", "validate", "algo=ppo", "actors=minilm_agent", "env=frozenlake_text",

@@ -4,6 +4,7 @@ newer checkpoints. The CLI runs in this process (the real `rltool.cli.main`, as 
 would run it) so that 60+ command lines cost seconds, not a torch import each."""
 import multiprocessing as mp
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,8 @@ def runs(tmp_path_factory):
     (root / "rewards.py").write_text("def f(:\n")
     return root
 
+
+REPO = Path(__file__).resolve().parents[2]
 
 BAD = [  # (overrides, what the one line must say)
     # unknown group options: the valid ones, never the schema's base_<group>
@@ -109,8 +112,11 @@ BAD = [  # (overrides, what the one line must say)
     (["hardware=cpu_zero3", "rollout.engine=hf"], "rollout.engine=hf: HF generate does not run on ZeRO-3"),
     (["hardware=cpu_zero3", "trainer.prompts_per_step=3"], "must be divisible by hardware.num_processes=2"),
     # AGRL: its algorithm and environment go together; hidden-state vectors need unsharded projections
-    (["algo=agrl"], "env.name='gsm8k': algo=agrl and env=article_curriculum go together"),
-    (["env=article_curriculum"], "algo='grpo': algo=agrl and env=article_curriculum go together"),
+    (["algo=agrl"], "algo.rollout='agrl' (algo=agrl) does not play env gsm8k's single_turn episodes, only article ones"),
+    (["env=article_curriculum"], "env article_curriculum's article episodes, only single_turn, multi_actor ones; "
+                                 "rollouts that play article: agrl"),
+    (["env=dataset", "env.path={repo}/examples/own_task/sums.jsonl", "env.digits=3"],
+     "env.digits=3: not a key of environment dataset; its keys: eval_only, eval_path"),
     (["algo=agrl", "env=article_curriculum", "algo.agrl.embedding=hidden", "hardware=cpu_zero3"],
      "algo.agrl.embedding='hidden': not under ZeRO-3"),
     (["algo=agrl", "env=article_curriculum", "algo.agrl.baseline=base"], "algo.agrl.baseline='base': must be one of"),
@@ -142,7 +148,7 @@ def run_cli(argv, capsys, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_malformed_command_line_is_one_line_exit_2(overrides, message, runs, capsys, monkeypatch, tmp_path):
-    argv = ["validate", *(o.format(root=runs) for o in overrides)]
+    argv = ["validate", *(o.format(root=runs, repo=REPO) for o in overrides)]
     code, out = run_cli(argv, capsys, monkeypatch, tmp_path)
     lines = [line for line in out.err.splitlines() if line.strip()]
     assert code == 2, out.err

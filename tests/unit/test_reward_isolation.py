@@ -12,11 +12,12 @@ import time
 import pytest
 
 from rltool.batch import collate
-from rltool.config import AlgoConfig, RewardConfig, RewardTerm
+from rltool.config import RewardConfig, RewardTerm
 from rltool.envs.base import Example
 from rltool.logs import Tally
 from rltool.rewards.score import Scorer
 from rltool.samples import Completion, Sample
+from rltool.schemas import algo_config
 
 REWARDS = '''
 import math, sys, time
@@ -207,7 +208,7 @@ def test_a_reward_float32_cannot_hold_is_unscored_at_the_advantage():
     # an env that sets Sample.reward itself (no Scorer in between): 1e39 would be inf in float32
     samples = [Sample(prompt_ids=[1], completion_ids=[2], sample_logp=[0.0], group=0, reward=r)
                for r in (1.0, 0.0, 1e39, 0.0)]
-    cfg = type("C", (), {"algo": AlgoConfig(name="t", advantage="dr_grpo")})()
+    cfg = type("C", (), {"algo": algo_config(name="t", advantage="dr_grpo")})()
     compute_advantages(samples, collate(samples, pad_id=0), cfg)
     # dr_grpo: r - mean over the scored rows (1, 0, 0): mean 1/3; the unscored row gets 0
     assert [s.adv for s in samples] == pytest.approx([2 / 3, -1 / 3, 0.0, -1 / 3])

@@ -5,16 +5,18 @@ import textwrap
 import pytest
 
 import rltool.rewards.registry as registry
-from rltool.config import ConfigError, EnvConfig, RewardConfig, RewardTerm
+from rltool.config import ConfigError, RewardConfig, RewardTerm
 from rltool.envs import ENVS
-from rltool.envs.base import Example
+from rltool.envs.base import Env, Example
 from rltool.rewards.registry import REWARDS, Row, call_reward, load_reward_module, reward, row_columns
 from rltool.rewards.score import Scorer, env_columns, reward_metrics, validate_reward_config
+from rltool.schemas import env_config
 
 
 @pytest.fixture(autouse=True)
 def scratch(monkeypatch):
     """Rewards registered by a test vanish after it (test_rewards.py checks every registered name has a case)."""
+    REWARDS.names()  # rltool's own rewards are discovered first, so they outlive the copy
     monkeypatch.setattr(REWARDS, "_entries", dict(REWARDS._entries))
     monkeypatch.setattr(registry, "_LOADED", {})
 
@@ -280,18 +282,22 @@ def test_unsatisfiable_parameter_at_build_time_with_columns():
 
 
 def test_env_columns(monkeypatch):
-    assert env_columns(EnvConfig(name="gsm8k+arithmetic")) == {"completion", "prompt", "example", "id", "question", "answer"}
-    assert env_columns(EnvConfig(name="nope")) is None
+    assert env_columns(env_config(name="gsm8k+arithmetic")) == {"completion", "prompt", "example", "id", "question", "answer"}
+    assert env_columns(env_config(name="nope")) is None
 
-    class Talk:
-        columns = ("conversation", "actor", "topic")
+    class Talk(Env):
+        @classmethod
+        def columns(cls, cfg):
+            return ("conversation", "actor", "topic")
 
-    class Debate:
-        columns = ("conversation", "actor")
+    class Debate(Env):
+        @classmethod
+        def columns(cls, cfg):
+            return ("conversation", "actor")
 
     monkeypatch.setitem(ENVS._entries, "talk", Talk)
     monkeypatch.setitem(ENVS._entries, "debate", Debate)
-    assert env_columns(EnvConfig(name="talk+debate")) - env_columns(EnvConfig(name="gsm8k")) == {"conversation", "actor"}
+    assert env_columns(env_config(name="talk+debate")) - env_columns(env_config(name="gsm8k")) == {"conversation", "actor"}
 
 
 # ---------------------------------------------------------------- reward.module

@@ -3,13 +3,13 @@ vector API, and saving / restoring an environment mid-episode."""
 import numpy as np
 import pytest
 
-from rltool.config import EnvConfig
 from rltool.envs.text_gym import TEXT_ENVS, make_vector_env
 from rltool.envs.text_gym.text_env import GymTextEnv, TextEnv
+from rltool.schemas import env_config
 
 
 def make(name, **kw):
-    return TEXT_ENVS[name](EnvConfig(name=name, **kw))
+    return TEXT_ENVS[name](env_config(name=name, **kw))
 
 
 def test_frozenlake_describes_position_surroundings_and_goal():
@@ -82,7 +82,7 @@ def test_bandit_is_a_plain_text_env_with_shuffled_actions():
 
 
 def test_vector_env_gives_descriptions_actions_and_final_obs():
-    envs = make_vector_env(EnvConfig(name="blackjack_text"), 3)
+    envs = make_vector_env(env_config(name="blackjack_text"), 3)
     obs, info = envs.reset(seed=0)
     assert all(isinstance(o, str) and o.startswith("Your cards total") for o in obs)
     assert [tuple(a) for a in info["actions"]] == [("stick", "hit")] * 3

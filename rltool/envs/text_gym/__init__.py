@@ -9,10 +9,27 @@ from __future__ import annotations
 
 from typing import Callable
 
-from rltool.config import ConfigError, EnvConfig
+from dataclasses import dataclass
+
+from rltool.config import ConfigError, EnvConfig, check
 from rltool.registry import Registry
 
-TEXT_ENVS: Registry[Callable[[EnvConfig], object]] = Registry("text environment", home="rltool.envs.text_gym")
+
+
+@dataclass
+class TextEnvConfig(EnvConfig):
+    """The keys of every text environment (a text environment with more registers a subclass)."""
+
+    max_episode_steps: int = 0
+    """Time limit: an episode past it is truncated (0: gymnasium's own, none for cliffwalking)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.max_episode_steps >= 0, "env.max_episode_steps", self.max_episode_steps, "must be >= 0")
+
+
+TEXT_ENVS: Registry[Callable[[TextEnvConfig], object]] = Registry("text environment", home="rltool.envs.text_gym",
+                                                                  config=TextEnvConfig)
 register_text_env = TEXT_ENVS.register
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import random
 
-from rltool.config import EnvConfig
-from rltool.envs.text_gym import register_text_env
+from rltool.envs.text_gym import TextEnvConfig, register_text_env
 
 DOORS = ["red", "green", "blue"]
 PAYING = "green"
@@ -21,7 +20,7 @@ STATE = ("Three doors stand before you: a red door, a green door and a blue door
 
 @register_text_env("bandit_text")
 class BanditText:
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: TextEnvConfig):
         self.rng = random.Random()
         self.order = list(DOORS)
 

@@ -9,8 +9,7 @@ where {card} is "an ace", "a 2" ... "a 10" (10 stands for 10, J, Q, K). Actions:
 """
 from __future__ import annotations
 
-from rltool.config import EnvConfig
-from rltool.envs.text_gym import register_text_env
+from rltool.envs.text_gym import TextEnvConfig, register_text_env
 from rltool.envs.text_gym.text_env import GymnasiumTextEnv, make_gym
 
 
@@ -18,7 +17,7 @@ from rltool.envs.text_gym.text_env import GymnasiumTextEnv, make_gym
 class BlackjackText(GymnasiumTextEnv):
     ACTIONS = ["stick", "hit"]
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: TextEnvConfig):
         super().__init__(make_gym("Blackjack-v1", cfg.max_episode_steps, sab=True))
 
     def describe(self, obs) -> str:

@@ -13,8 +13,7 @@ gymnasium sets no time limit here: env.max_episode_steps (100 in conf/env/cliffw
 """
 from __future__ import annotations
 
-from rltool.config import EnvConfig
-from rltool.envs.text_gym import register_text_env
+from rltool.envs.text_gym import TextEnvConfig, register_text_env
 from rltool.envs.text_gym.text_env import GymnasiumTextEnv, make_gym, ordinal_cell
 
 ROWS, COLS = 4, 12
@@ -33,7 +32,7 @@ def tile(r: int, c: int) -> str:
 class CliffWalkingText(GymnasiumTextEnv):
     ACTIONS = ["move up", "move right", "move down", "move left"]
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: TextEnvConfig):
         super().__init__(make_gym("CliffWalking-v1", cfg.max_episode_steps))
 
     def describe(self, obs) -> str:

@@ -12,19 +12,35 @@ Time limit (env.max_episode_steps=0): gymnasium's, 100 steps on 4x4 (FrozenLake-
 """
 from __future__ import annotations
 
-from rltool.config import EnvConfig
-from rltool.envs.text_gym import register_text_env
+from dataclasses import dataclass
+
+from rltool.config import check_choice
+from rltool.envs.text_gym import TextEnvConfig, register_text_env
 from rltool.envs.text_gym.text_env import GymnasiumTextEnv, make_gym, ordinal_cell
 
 TILES = {b"S": "the start", b"F": "frozen ice", b"H": "a hole", b"G": "the goal"}
 MOVES = (("Up", -1, 0), ("Down", 1, 0), ("Left", 0, -1), ("Right", 0, 1))
 
 
-@register_text_env("frozenlake_text")
+@dataclass
+class FrozenLakeConfig(TextEnvConfig):
+    """frozenlake_text's own keys."""
+
+    map_size: str = "4x4"
+    """4x4 | 8x8."""
+    slippery: bool = False
+    """The ice is slippery (the intended move happens 1 time in 3, else a perpendicular one)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("env.map_size", self.map_size, ["4x4", "8x8"])
+
+
+@register_text_env("frozenlake_text", config=FrozenLakeConfig)
 class FrozenLakeText(GymnasiumTextEnv):
     ACTIONS = ["move left", "move down", "move right", "move up"]
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: FrozenLakeConfig):
         # gymnasium registers the 8x8 map under its own id, with its own time limit (200 steps, 4x4: 100)
         env_id = "FrozenLake8x8-v1" if cfg.map_size == "8x8" else "FrozenLake-v1"
         super().__init__(make_gym(env_id, cfg.max_episode_steps, map_name=cfg.map_size, is_slippery=cfg.slippery))

@@ -14,8 +14,7 @@ the stable-baselines3 peer in scripts/bench_ppo.py.
 """
 from __future__ import annotations
 
-from rltool.config import EnvConfig
-from rltool.envs.text_gym import register_text_env
+from rltool.envs.text_gym import TextEnvConfig, register_text_env
 from rltool.envs.text_gym.text_env import GymnasiumTextEnv, make_gym, ordinal_cell
 
 STANDS = ["red", "green", "yellow", "blue"]  # gymnasium's locs: (0,0), (0,4), (4,0), (4,3)
@@ -26,7 +25,7 @@ class TaxiText(GymnasiumTextEnv):
     ACTIONS = ["move south", "move north", "move east", "move west", "pick up the passenger",
                "drop off the passenger"]
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: TextEnvConfig):
         super().__init__(make_gym("Taxi-v4", cfg.max_episode_steps))
         self.locs = [tuple(int(v) for v in loc) for loc in self.env.unwrapped.locs]
         self.map = self.env.unwrapped.desc  # (7, 11) bytes: '|' marks a wall between two cells

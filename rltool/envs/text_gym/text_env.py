@@ -8,7 +8,7 @@ A user environment is one class with three methods; the agent sees only the stri
 
 `terminated` means the episode reached a terminal state (no bootstrapping from it); `truncated`
 means it was cut off (a time limit) and PPO bootstraps from the value of the returned description.
-`info` may carry `success` (bool, at the last step: logged as rollout/success and eval/success) and
+`info` may carry `success` (bool, at the last step: logged as reward/success and eval/success) and
 `action_mask` (bools, one per available action; absent = all available).
 
 `GymTextEnv` turns such an object into a `gymnasium.Env` so that `SyncVectorEnv` steps several of
