@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rltool import dist, faults, parallel
+from rltool import dist, faults, train_backend
 from rltool.actors.lora import is_peft, save_merged
 from rltool.actors.save import save_plain
 from rltool.ckpt_check import Damaged, check_resumable, damage, resolve_checkpoint, shard_refusal  # noqa: F401
@@ -106,7 +106,7 @@ def _missing_shards(tmp: Path, actors: list, step: int) -> str | None:
     world = dist.world_size()
     for actor in actors:
         state = tmp / ACTORS / actor.name / ZERO / ZERO_TAG
-        if not parallel.is_deepspeed(actor.model):
+        if not train_backend.is_deepspeed(actor.model):
             continue
         have = {p.name for p in state.glob("*optim_states.pt")} if state.is_dir() else set()
         missing = [r for r in range(world) if not any(f"zero_pp_rank_{r}_" in n for n in have)]
@@ -121,7 +121,7 @@ def _save_actor(path: Path, actor, main: bool) -> None:
     model = actor.model
     path.mkdir(parents=True, exist_ok=True)
     _save_model(path / "model", model, actor.tokenizer)
-    if main and is_peft(model) and not parallel.is_deepspeed(model):
+    if main and is_peft(model) and not train_backend.is_deepspeed(model):
         model.save_pretrained(path / "adapter")  # adapter_config.json + adapter_model.safetensors
     save_optimizer(path, actor.optimizer, model)
     if main:
@@ -131,7 +131,7 @@ def _save_actor(path: Path, actor, main: bool) -> None:
 def save_optimizer(path: Path, optimizer, model=None) -> None:
     """`path`/optimizer.pt, read back by `load_optimizer` (both loops). Under ZeRO-3 DeepSpeed's own
     checkpoint instead, each rank's shard of the parameters and Adam state (collective)."""
-    if parallel.is_deepspeed(model):
+    if train_backend.is_deepspeed(model):
         model.save_checkpoint(str(Path(path) / ZERO), tag=ZERO_TAG)
     elif dist.rank() == 0:
         torch.save(optimizer.state_dict(), Path(path) / "optimizer.pt")
@@ -180,7 +180,7 @@ def load_optimizer(actor: Path, optimizer, model=None) -> None:
     """Restore an actor's optimizer state in place (`actor`: its `actor_dir`). `load_state_dict` moves
     tensors to each param's device. Under ZeRO-3, DeepSpeed restores each rank's shard of the
     parameters and of Adam's state."""
-    if parallel.is_deepspeed(model):
+    if train_backend.is_deepspeed(model):
         for shard in sorted((Path(actor) / ZERO).rglob("*.pt")):  # DeepSpeed unpickles them with weights_only=False
             refused = shard_refusal(shard)
             if refused:
@@ -244,8 +244,8 @@ def set_rng_states(saved) -> None:
 def _save_model(path: Path, model, tokenizer) -> None:
     # Safetensors is the default in transformers>=4.35 and the only format in 5.x (which dropped
     # the `safe_serialization` flag). A PEFT model is saved merged: a plain HF directory.
-    if parallel.is_deepspeed(model):  # ZeRO-3: gathered block by block (collective), rank 0 writes
-        state, inner = parallel.full_state_dict(model), parallel.unwrap(model)
+    if train_backend.is_deepspeed(model):  # ZeRO-3: gathered block by block (collective), rank 0 writes
+        state, inner = train_backend.full_state_dict(model), train_backend.unwrap(model)
         if state is not None:
             save_plain(inner.get_base_model() if is_peft(inner) else inner, state, path)
             tokenizer.save_pretrained(path)

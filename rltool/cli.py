@@ -28,7 +28,7 @@ HELP = f"""{USAGE}
 Reinforcement-learning post-training of language models, configured with Hydra overrides.
 
 commands:
-  train      train (GRPO family, ERL, multi-actor envs; algo=ppo: encoder agents)
+  train      train (GRPO family, ERL, multi-actor envs; algo=encoder_ppo: encoder agents)
   eval       evaluate a model on the environment's held-out split
   validate   check a config and print it with its plan; loads no model and needs no GPU
 
@@ -432,6 +432,13 @@ def drop_unused_run_dir(hc) -> None:
         remove_if_unused(hc.runtime.output_dir)
 
 
+RENAMED = {
+    "algo=ppo": "is now algo=encoder_ppo (PPO for encoder agents; LM algorithms: grpo, dapo, dr_grpo, gspo, rloo, "
+                "reinforce_pp, erl)",
+}
+"""Old spellings of config options, answered with their new name."""
+
+
 def hydra_error_line(e: Exception, overrides: list[str]) -> str | None:
     """Hydra's composition errors as one line naming the override and what is allowed; None for
     anything else (a crash keeps its traceback)."""
@@ -439,6 +446,8 @@ def hydra_error_line(e: Exception, overrides: list[str]) -> str | None:
 
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)
+        if f"{group}={name}" in RENAMED:
+            return f"{group}={name}: {RENAMED[f'{group}={name}']}"
         valid = [o for o in (e.options or []) if not o.startswith("base_")]  # base_<group>: the schema, not a choice
         return f"{group}={name}: unknown {group} option; valid: {', '.join(valid)}"
     if isinstance(e, OverrideParseException):

@@ -54,7 +54,7 @@ def check_template(key: str, template: str, required: set[str], allowed: set[str
 
 @dataclass
 class PpoConfig:
-    """PPO for encoder agents (algo=ppo, cleanrl's ppo.py settings); read only when algo.loop=ppo.
+    """PPO for encoder agents (algo=encoder_ppo, cleanrl's ppo.py settings); read only when algo.loop=ppo.
     The policy clip is algo.clip_eps_low/high, the estimator algo.advantage (gae), the loss algo.loss (clip)."""
 
     lr: float = 2.5e-4
@@ -312,7 +312,7 @@ class ActorConfig:
     qlora: bool = False
     """LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only); needs lora.r > 0."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    """Encoder agents (algo=ppo): path is the encoder."""
+    """Encoder agents (algo=encoder_ppo): path is the encoder."""
     heads: HeadsConfig = field(default_factory=HeadsConfig)
 
     def __post_init__(self) -> None:
@@ -509,7 +509,7 @@ LOGGERS = ("none", "wandb", "tensorboard")
 class TrainerConfig:
     max_steps: int = 100
     total_env_steps: int = 100_000
-    """Encoder agents (algo=ppo): environment steps to train for, over all trainer.num_envs environments."""
+    """Encoder agents (algo=encoder_ppo): environment steps to train for, over all trainer.num_envs environments."""
     num_envs: int = 8
     """Encoder agents: environments stepped together (gymnasium's SyncVectorEnv)."""
     prompts_per_step: int = 8
@@ -667,8 +667,9 @@ class Config:
         return dataclasses.replace(self, algo=self.actor_algo(name), trainer=trainer, actors={name: actor})
 
     @property
-    def policy(self) -> ActorConfig:
-        """The first trainable actor (the only one of single-policy algorithms and of `rltool eval`)."""
+    def lead_actor(self) -> ActorConfig:
+        """The first trainable actor (else the first): the model of single-policy algorithms, of `rltool eval` and
+        of the model card. A config from `actor_config(name)` holds actor `name` alone, so there it is `name`."""
         return next((a for a in self.actors.values() if a.trainable), next(iter(self.actors.values())))
 
 

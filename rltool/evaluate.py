@@ -12,8 +12,8 @@ from rltool import dist
 from rltool.config import Config
 from rltool.rewards.registry import CONTEXT, Row
 from rltool.rewards.score import Scorer
-from rltool.rollout.engine import Sampling
-from rltool.rollout.prompts import encode_chat, fitting_examples
+from rltool.engines.engine import Sampling
+from rltool.engines.prompts import encode_chat, fitting_examples
 
 
 def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dict]]:
@@ -26,7 +26,7 @@ def evaluate(actors: dict, env, cfg: Config) -> tuple[dict[str, float], list[dic
     own = env.evaluate(actors, cfg)
     if own is not None:
         return own
-    policy = actors[cfg.policy.name]
+    policy = actors[cfg.lead_actor.name]
     # Prompts longer than rollout.max_prompt_len are left out (never cut) and counted in eval/skipped_long.
     held_out, too_long = fitting_examples(held_out_examples(env, cfg.eval.size), env.messages, policy.tokenizer,
                                           cfg.rollout.max_prompt_len)
@@ -149,7 +149,7 @@ def evaluate_main(cfg: Config) -> dict[str, float]:
     from rltool.hardware import resolve_hardware
 
     hw = resolve_hardware(cfg.hardware)
-    path = resolve_model_path(cfg.policy.path)
+    path = resolve_model_path(cfg.lead_actor.path)
     actors = serving_actors(cfg, hw)
     env = make_env(cfg.env)
     try:

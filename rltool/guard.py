@@ -2,7 +2,7 @@
 
 Two things are tolerated for a while and then refused: a reward function that fails on most of a
 step's samples (raises, times out, returns None or no number: those samples are unscored), and
-updates skipped because the loss or gradient norm was not finite (rltool/parallel.py `step`).
+updates skipped because the loss or gradient norm was not finite (rltool/train_backend.py `step`).
 A few such steps are noise; many in a row mean the reward or the model is broken, and going on
 would burn compute on zero-advantage or skipped steps. The decision reads the step's metrics after
 they are combined over ranks, so every rank decides the same and none is left at a collective.

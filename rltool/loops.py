@@ -46,7 +46,7 @@ def check_ppo(config: "Config") -> None:
     from rltool.envs.text_gym import validate_text_env_config
 
     validate_text_env_config(config.env)
-    check_encoder_path(config.policy.path, config.policy.encoder.trainable_layers)
+    check_encoder_path(config.lead_actor.path, config.lead_actor.encoder.trainable_layers)
     from rltool.algos.gae import STEP_ADVANTAGES
     from rltool.algos.losses import POLICY_LOSSES
     from rltool.algos.value_losses import VALUE_LOSSES
@@ -73,7 +73,7 @@ def check_encoder_path(path: str, trainable_layers: int) -> None:
 
     if path.startswith("embedded:"):
         if path != EMBEDDED_MINILM:
-            raise ConfigError(f"actors.path={path!r}: not an embedded encoder; algo=ppo reads states with one: "
+            raise ConfigError(f"actors.path={path!r}: not an embedded encoder; algo=encoder_ppo reads states with one: "
                               f"actors=minilm_agent ({EMBEDDED_MINILM}) or a local encoder directory")
         from rltool.actors.text_encoder import minilm_dir
 

@@ -39,14 +39,14 @@ def write_model_card(final_dir: Path, run_dir: Path, cfg: Config, final_metrics:
     a, t, r, e = cfg.algo, cfg.trainer, cfg.rollout, cfg.env
     rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     trained = max((row["step"] for row in rows if "time/step" in row), default=0)  # every train step logs it
-    base = HUB_IDS.get(cfg.policy.path, cfg.policy.path)
+    base = HUB_IDS.get(cfg.lead_actor.path, cfg.lead_actor.path)
     front = ["---", "library_name: transformers", f"tags: [rltool, {a.name}, reinforcement-learning]"]
     if "/" in base and not Path(base).exists():  # a hub id: the hub links the card to it
         front.append(f"base_model: {base}")
     lines = front + ["---", "", f"# {run_dir.name}", "",
                      f"{base} trained with **{a.name}** by [rltool](https://pypi.org/project/rltool/) "
                      f"for {trained} steps on `{e.name}`.", ""]
-    if cfg.policy.path in HUB_IDS:
+    if cfg.lead_actor.path in HUB_IDS:
         lines += [f"The starting weights are rltool's embedded copy of {base} (its Q4_1 GGUF, dequantized to "
                   "float32), not the original release.", ""]
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
@@ -60,8 +60,8 @@ def write_model_card(final_dir: Path, run_dir: Path, cfg: Config, final_metrics:
         "prompts per step x group": f"{t.prompts_per_step} x {t.group_size}",
         "learning rate": f"{t.lr} ({t.lr_schedule}, warmup {t.warmup_steps})",
         "sampling": f"temperature {r.temperature}, top-p {r.top_p}, max {r.max_new_tokens} new tokens",
-        "LoRA": f"r={cfg.policy.lora.r}, alpha={cfg.policy.lora.alpha} (merged into these weights)"
-                if cfg.policy.lora.r else "none (full fine-tuning)",
+        "LoRA": f"r={cfg.lead_actor.lora.r}, alpha={cfg.lead_actor.lora.alpha} (merged into these weights)"
+                if cfg.lead_actor.lora.r else "none (full fine-tuning)",
         "reward": reward_description(cfg),
         "data": f"{e.name} ({e.eval_size} held-out problems never trained on, split seed {e.seed}; "
                 + ", ".join(f"{k} {v}" for k, v in env_keys(e).items()) + ")",

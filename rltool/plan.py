@@ -32,7 +32,7 @@ def batch_plan(cfg: Config, hw) -> str:
 def actors_line(cfg: Config) -> str:
     """One actor: its path; several: name=path, frozen ones marked."""
     if len(cfg.actors) == 1:
-        return cfg.policy.path
+        return cfg.lead_actor.path
     return ", ".join(f"{a.name}={a.path}{'' if a.trainable else ' (frozen)'}" for a in cfg.actors.values())
 
 
@@ -95,7 +95,7 @@ def memory_plan(cfg: Config, hw, shapes: "dict[str, Shape] | Shape", device_byte
     optimizer, reference, engine) already exceed the device; worst-case activations only warn, since
     real prompts and completions are usually far shorter than the limits.
     """
-    shapes = shapes if isinstance(shapes, dict) else {cfg.policy.name: shapes}
+    shapes = shapes if isinstance(shapes, dict) else {cfg.lead_actor.name: shapes}
     per_actor = [actor_memory(cfg, hw, cfg.actors[name], shape, device_bytes) for name, shape in shapes.items()]
     served = set()
     for name, part in zip(shapes, per_actor):  # an engine several actors share is counted once

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rltool import ckpt, own_pickles, parallel
+from rltool import ckpt, own_pickles, train_backend
 from rltool.actors.encoder_agent import EncoderAgent
 from rltool.actors.token_encoder import TokenEncoder
 from rltool.algos.gae import STEP_ADVANTAGES
@@ -77,12 +77,12 @@ def train(cfg: Config) -> dict[str, float]:
     envs = make_vector_env(cfg.env, t.num_envs)
     next_obs, info = envs.reset(seed=cfg.seed)
     num_actions = len(info["actions"][0])
-    encoder = TokenEncoder(cfg.policy.path, cfg.policy.encoder, device)
-    agent = EncoderAgent(encoder, cfg.policy.heads, num_actions).to(device)
+    encoder = TokenEncoder(cfg.lead_actor.path, cfg.lead_actor.encoder, device)
+    agent = EncoderAgent(encoder, cfg.lead_actor.heads, num_actions).to(device)
     heads = [p_ for n, p_ in agent.named_parameters() if not n.startswith("encoder.")]
     groups = [{"params": heads, "lr": p.lr}]
     if len(encoder.top):  # fine-tuned encoder layers: their own learning rate
-        groups.append({"params": list(encoder.top.parameters()), "lr": cfg.policy.encoder.lr})
+        groups.append({"params": list(encoder.top.parameters()), "lr": cfg.lead_actor.encoder.lr})
     base_lrs = [g["lr"] for g in groups]
     optimizer = torch.optim.Adam(groups, eps=1e-5)
     policy_loss, value_loss = POLICY_LOSSES[cfg.algo.loss], VALUE_LOSSES[p.value_loss]
@@ -160,7 +160,7 @@ def saved_agent(cfg: Config, device: str) -> dict | None:
         return None
     saved = torch.load(ckpt.resolve_checkpoint(cfg.resume) / AGENT, map_location=device, weights_only=True)
     saved_norm = "running" if "feature_norm.mean" in saved else "none"
-    if saved_norm != cfg.policy.heads.feature_norm:
+    if saved_norm != cfg.lead_actor.heads.feature_norm:
         raise ConfigError(f"resume={cfg.resume}: the checkpoint was trained with actors.heads.feature_norm="
                           f"{saved_norm}; resume with actors.heads.feature_norm={saved_norm}")
     return saved
@@ -253,7 +253,7 @@ def update(agent: EncoderAgent, optimizer, roll: Rollout, adv, returns, p: PpoCo
             loss = pg - p.ent_coef * ent + p.vf_coef * v
             optimizer.zero_grad()
             loss.backward()
-            grad_norm = parallel.step(agent, optimizer, p.max_grad_norm)  # nan/inf: skipped, weights untouched
+            grad_norm = train_backend.step(agent, optimizer, p.max_grad_norm)  # nan/inf: skipped, weights untouched
             step = {"loss/policy": pg.detach(), "loss/value": v.detach(), "policy/entropy": ent.detach(),
                     "policy/grad_norm": grad_norm} | pm | vm
             for k, x in step.items():  # .item(): one sync per minibatch; these are CPU tensors here
@@ -264,7 +264,7 @@ def update(agent: EncoderAgent, optimizer, roll: Rollout, adv, returns, p: PpoCo
             break
     metrics = {k: s / count for k, s in sums.items()}
     metrics["update/epochs"] = epoch + 1
-    metrics["update/skipped_nonfinite"] = parallel.pop_skipped_nonfinite()  # read by the StepGuard
+    metrics["update/skipped_nonfinite"] = train_backend.pop_skipped_nonfinite()  # read by the StepGuard
     var = float(b_returns.var())
     metrics["value/explained_var"] = float("nan") if var == 0 else 1 - float((b_returns - b_values).var()) / var
     return metrics

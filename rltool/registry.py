@@ -17,10 +17,10 @@ F = TypeVar("F", bound=Callable)
 
 
 class Registry(Generic[F]):
-    def __init__(self, kind: str, home: Optional[str] = None, config: Optional[type] = None):
+    def __init__(self, kind: str, home: str | tuple[str, ...] = (), config: Optional[type] = None):
         self.kind = kind
-        self.home = home
-        """The package (e.g. "rltool.algos") whose modules register into this registry."""
+        self.home = (home,) if isinstance(home, str) else home
+        """The packages (e.g. "rltool.algos") whose modules register into this registry."""
         self.config = config
         """The config schema (a dataclass) of an entry registered without its own."""
         self._entries: dict[str, F] = {}
@@ -58,8 +58,8 @@ class Registry(Generic[F]):
         return sorted(self._entries)
 
     def _complete(self) -> None:
-        if self.home is not None:
-            discover(self.home)
+        for package in self.home:
+            discover(package)
 
 
 _DISCOVERED: set[str] = set()

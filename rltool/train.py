@@ -15,14 +15,14 @@ import math
 import time
 from contextlib import ExitStack, closing
 
-from rltool import ckpt, dist, parallel
+from rltool import ckpt, dist, train_backend
 from rltool.run_dir import own_launched_run_dir
 from rltool.run_start import config_yaml, start_run
 from rltool.actors.actor import Actor, build_actors, close_all, trainable
 from rltool.actors.embedded import resolve_model_path
 from rltool.actors.load import load_tokenizer
 from rltool.algos.rollouts import ROLLOUTS, RolloutContext
-from rltool.batch import collate
+from rltool.records import Sample, collate
 from rltool.config import Config, ConfigError
 from rltool.data import PromptSampler
 from rltool.envs import make_env
@@ -35,18 +35,17 @@ from rltool.model_card import write_model_card
 from rltool.plan import Shape, batch_plan, device_memory, memory_plan
 from rltool.plot import plot_run
 from rltool.rewards.score import Scorer
-from rltool.rollout.lifecycle import update_and_sync
-from rltool.rollout.prompts import fitting_examples
-from rltool.samples import Sample
+from rltool.engines.lifecycle import update_and_sync
+from rltool.engines.prompts import fitting_examples
 from rltool.watchdog import deadline
-from rltool.steps import (compute_advantages, compute_logprobs, optimize, ref_kl_probe, rollout_metrics,
+from rltool.update import (compute_advantages, compute_logprobs, optimize, ref_kl_probe, rollout_metrics,
                           split_updates)
 
 
 def train(cfg: Config) -> dict[str, float]:
     """Returns the final eval metrics ({} with eval.enabled=false): a multirun tables them per job."""
     # ---- setup: ranks, seed, hardware, env, actors (models, engines, optimizers), resume ----
-    accelerator = parallel.start(cfg)  # launched: accelerate + DeepSpeed ZeRO-3 over every rank; else None
+    accelerator = train_backend.start(cfg)  # launched: accelerate + DeepSpeed ZeRO-3 over every rank; else None
     own_launched_run_dir(cfg)  # launched by hand or SLURM: global rank 0 claims the run dir / moves newer checkpoints aside
     hw = resolve_hardware(cfg.hardware)
     run = start_run(cfg, DRIFT_KEYS, ACTOR_DRIFT_KEYS)  # seed, run dir (resume: the run continued), config.yaml, log
@@ -54,7 +53,7 @@ def train(cfg: Config) -> dict[str, float]:
     base_dirs = {a.name: dist.local_main_first(lambda: resolve_model_path(a.path)) for a in cfg.actors.values()}
     env = make_env(cfg.env)
     # the policy's chat template decides what fits; refuses a max_prompt_len most prompts exceed
-    train_examples, too_long = prompts_that_fit(env, load_tokenizer(base_dirs[cfg.policy.name]), cfg)
+    train_examples, too_long = prompts_that_fit(env, load_tokenizer(base_dirs[cfg.lead_actor.name]), cfg)
     plan = "\n".join([batch_plan(cfg, hw), f"  {len(train_examples)} training prompts ({too_long} left out: longer than "
                       f"rollout.max_prompt_len={cfg.rollout.max_prompt_len} tokens)",
                       memory_plan(cfg, hw, {n: Shape.of(d) for n, d in base_dirs.items()}, device_memory(hw.device))[0]])
@@ -62,7 +61,7 @@ def train(cfg: Config) -> dict[str, float]:
         print(plan)
     actors = build_actors(cfg, hw, accelerator, resume_from, lr_lambda)
     learners = trainable(actors)
-    policy = actors[cfg.policy.name]
+    policy = actors[cfg.lead_actor.name]
 
     scorer = Scorer.from_config(cfg.reward, cfg.rollout.max_new_tokens)
     guard = StepGuard.from_config(cfg)  # stops a run whose rewards keep failing or whose updates keep being nan
@@ -138,12 +137,12 @@ def train(cfg: Config) -> dict[str, float]:
 
 def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: str) -> dict[str, float] | None:
     """One trainable actor's share of a step: log-probs, advantages, update(s); its engine is synced after
-    (rltool/rollout/lifecycle.py). Returns its update and rollout metrics, names prefixed with `<actor>/` when
+    (rltool/engines/lifecycle.py). Returns its update and rollout metrics, names prefixed with `<actor>/` when
     the run has several actors; None when it did not speak this step (nothing trained, nothing to sync)."""
     cfg = actor.cfg
     # ZeRO-3: forwards and steps are collective, so a rank with nothing to train on this step (a filter
     # kept none of its episodes, a schedule skipped the actor here) still joins, with one row of weight 0
-    anyone = dist.max_over_ranks(len(samples)) if parallel.is_deepspeed(actor.model) else len(samples)
+    anyone = dist.max_over_ranks(len(samples)) if train_backend.is_deepspeed(actor.model) else len(samples)
     if not anyone:  # it did not speak this step on any rank
         actor.scheduler.step()
         return None
@@ -160,7 +159,7 @@ def train_actor(actor: Actor, samples: list[Sample], timer: PhaseTimer, prefix: 
             for _ in range(cfg.algo.iterations):
                 metrics |= optimize(actor.model, actor.optimizer, part, cfg)
         actor.scheduler.step()  # once per training step: lr_lambda counts steps, not update passes
-    metrics = {k: float(v) for k, v in metrics.items()} | {"update/skipped_nonfinite": parallel.pop_skipped_nonfinite()}
+    metrics = {k: float(v) for k, v in metrics.items()} | {"update/skipped_nonfinite": train_backend.pop_skipped_nonfinite()}
     if prefix:  # the actor's own view of the step; the unprefixed rollout metrics are over every actor
         metrics |= rollout_metrics(samples) | {"perf/lr": actor.scheduler.get_last_lr()[0]}
     return {prefix + k: v for k, v in metrics.items()}
@@ -187,7 +186,7 @@ def offloaded(actors: list[Actor], hw):
     """GPU ZeRO-3 with hardware.offload_between_phases: these actors' trainer states in CPU RAM meanwhile."""
     stack = ExitStack()
     for actor in actors:
-        stack.enter_context(parallel.offloaded(actor.model, hw))
+        stack.enter_context(train_backend.offloaded(actor.model, hw))
     return stack
 
 

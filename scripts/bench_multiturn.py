@@ -4,7 +4,7 @@
         [--repeats 3] [--enforce-eager] [--share-engine]
 
 Speed goal: multi-turn tokens/s >= 0.8x single-turn tokens/s. Turns are batched per
-actor (rltool/rollout/conversation.py `run_turns`): at each turn every live conversation an actor
+actor (rltool/engines/conversation.py `run_turns`): at each turn every live conversation an actor
 must answer goes to that actor's engine in one `generate` call; `generate_calls` in the JSON lists
 each call's batch size, so a run that did not batch shows.
 

@@ -66,7 +66,7 @@ def run_rltool(name: str, seed: int, run_dir: Path | None) -> dict:
     if run_dir is None:
         run_dir = REPO / "bench_results" / f"ppo_{name}_seed{seed}"
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "rltool.cli", "train", "algo=ppo", "actors=minilm_agent", *overrides,
+        subprocess.run([sys.executable, "-m", "rltool.cli", "train", "algo=encoder_ppo", "actors=minilm_agent", *overrides,
                         f"trainer.total_env_steps={steps}", f"algo.ppo.eval_episodes={episodes}", f"seed={seed}",
                         f"hydra.run.dir={run_dir}"], check=True, cwd=REPO)
         wall = time.perf_counter() - started

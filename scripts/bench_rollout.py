@@ -69,15 +69,15 @@ def main() -> None:
     from rltool.actors.load import load_model, load_tokenizer
     from rltool.envs import make_env
     from rltool.hardware import resolve_hardware
-    from rltool.rollout import make_engine, sync_weights
-    from rltool.rollout.engine import Sampling
-    from rltool.rollout.prompts import encode_chat
+    from rltool.engines import make_engine, sync_weights
+    from rltool.engines.engine import Sampling
+    from rltool.engines.prompts import encode_chat
 
     overrides = ["hardware=cpu", "env=gsm8k", f"rollout.max_new_tokens={args.max_new_tokens}",
                  f"output_dir={tempfile.mkdtemp(prefix='bench_rollout-')}"]
     cfg = compose_config(overrides + ["rollout.engine=hf"])
     hw = resolve_hardware(cfg.hardware)
-    model_dir = resolve_model_path(cfg.policy.path)
+    model_dir = resolve_model_path(cfg.lead_actor.path)
     model = load_model(model_dir, hw.dtype, trainable=True)  # the trainer's model: HF generates with it
     tokenizer = load_tokenizer(model_dir)
 

@@ -200,8 +200,8 @@ def run_trl(args) -> dict:
             return out
 
     startup_t0 = perf_counter()
-    model_dir = resolve_model_path(cfg.policy.path)
-    model = load_model(model_dir, "float32", trainable=True, gradient_checkpointing=cfg.policy.gradient_checkpointing)
+    model_dir = resolve_model_path(cfg.lead_actor.path)
+    model = load_model(model_dir, "float32", trainable=True, gradient_checkpointing=cfg.lead_actor.gradient_checkpointing)
     tokenizer = load_tokenizer(model_dir)
     trl_args = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench_vs_trl-trl-"), use_vllm=False,
@@ -213,7 +213,7 @@ def run_trl(args) -> dict:
         learning_rate=t.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=t.weight_decay,
         max_grad_norm=t.grad_clip, beta=cfg.algo.kl_coef, epsilon=cfg.algo.clip_eps_low,
         loss_type="grpo", scale_rewards="group",  # rltool's algo=grpo: per-sequence token mean, group z-score
-        gradient_checkpointing=cfg.policy.gradient_checkpointing,  # TRL defaults to True
+        gradient_checkpointing=cfg.lead_actor.gradient_checkpointing,  # TRL defaults to True
         max_steps=cfg.trainer.max_steps, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
         seed=cfg.seed, dataloader_num_workers=0,
     )
@@ -369,7 +369,7 @@ def main() -> None:
     if args.reward == "sparse":
         result["notes"].append("sparse reward: rltool leaves rows with advantage 0 out of the forward/backward "
                                "(exactly the same update; see steps.contributing_rows); TRL computes them "
-                               "(update/rows per step in runs[*].rltool.steps).")
+                               "(update/rows per step in runs[*].rltool.update).")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -15,14 +15,14 @@ from typing import Any, Optional
 
 import torch
 
-from rltool import ckpt, dist, parallel
+from rltool import ckpt, dist, train_backend
 from rltool.actors.embedded import resolve_model_path
 from rltool.actors.load import load_model, load_policy, load_reference, load_tokenizer
 from rltool.actors.lora import AdapterDisabled
 from rltool.config import ActorConfig, Config
 from rltool.plan import engine_key
-from rltool.rollout import make_engine, sync_weights
-from rltool.rollout.engine import Sampling
+from rltool.engines import make_engine, sync_weights
+from rltool.engines.engine import Sampling
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Actor:
         return Sampling(n=n, temperature=r.temperature, top_p=r.top_p, max_new_tokens=max_new_tokens or r.max_new_tokens)
 
     def sync(self) -> None:
-        """Push the trainer's new weights into this actor's engine (awake: rltool/rollout/lifecycle.py)."""
+        """Push the trainer's new weights into this actor's engine (awake: rltool/engines/lifecycle.py)."""
         sync_weights(self.engine, self.model)
 
     def close(self) -> None:
@@ -74,13 +74,13 @@ def build_actors(cfg: Config, hw, accelerator, resume_from: Optional[Path], lr_l
             model = load_policy(spec, hw.dtype, base_dir=base_dir, resume_from=None if accelerator else saved,
                                 device=None if accelerator else hw.device,
                                 gradient_checkpointing=hw.cfg.gradient_checkpointing, seed=cfg.seed)
-            optimizer = parallel.make_optimizer([p for p in model.parameters() if p.requires_grad], acfg)
-            actor.model, actor.optimizer = parallel.prepare(accelerator, model, optimizer)
+            optimizer = train_backend.make_optimizer([p for p in model.parameters() if p.requires_grad], acfg)
+            actor.model, actor.optimizer = train_backend.prepare(accelerator, model, optimizer)
             if acfg.needs_reference(name):  # LoRA: the policy with its adapter off
-                ref = load_reference(parallel.unwrap(actor.model), base_dir, hw.dtype, None if accelerator else hw.device)
-                actor.ref_model = ref if isinstance(ref, AdapterDisabled) else parallel.prepare_frozen(accelerator, ref)
+                ref = load_reference(train_backend.unwrap(actor.model), base_dir, hw.dtype, None if accelerator else hw.device)
+                actor.ref_model = ref if isinstance(ref, AdapterDisabled) else train_backend.prepare_frozen(accelerator, ref)
             actor.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                parallel.torch_optimizer(actor.model, actor.optimizer), lr_lambda(acfg))
+                train_backend.torch_optimizer(actor.model, actor.optimizer), lr_lambda(acfg))
             if saved:
                 ckpt.load_optimizer(saved, actor.optimizer, actor.model)
                 ckpt.load_scheduler(saved, actor.scheduler)
@@ -115,7 +115,7 @@ def lora_groups(cfg: Config) -> dict[str, list[ActorConfig]]:
 
 def adapter_views(cfg: Config, hw, tokenizer, base_dir: str, group: list[ActorConfig]) -> dict:
     """One multi-LoRA engine on `base_dir` and a view of it per actor of `group`."""
-    from rltool.rollout.lora_engine import engine_lora_rank, shared_adapter_views
+    from rltool.engines.lora_engine import engine_lora_rank, shared_adapter_views
 
     engine = make_engine(cfg, hw, None, tokenizer, base_dir, max_loras=len(group),
                          max_lora_rank=engine_lora_rank(max(spec.lora.r for spec in group)))

@@ -8,7 +8,8 @@ projections) is compared by scaled dot product with the keys not yet used, and o
 by a temperature softmax over them (`selection.py`); its pair is appended to the context. The
 episode's reward is the mean log-probability of the value tokens given everything read so far
 (`reward.py`, `scoring.py`), minus a baseline's. Episodes whose reward beats the running
-statistics are kept (`filter.py`). The rollout that ties these together is rltool/algos/agrl.py;
+statistics are kept (`filter.py`). The environment (an article per episode, held-out articles) is
+`article_env.py`, the rollout that ties these together `rollout.py` (algo=agrl);
 the loop trains the query tokens with REINFORCE and a k3 KL to the frozen base model.
 `evaluation.py` compares the learned ordering with random and article order on held-out articles.
 """

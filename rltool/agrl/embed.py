@@ -7,7 +7,7 @@ Both take token ids (of the policy's tokenizer) and their texts and return (N, d
                   q_proj (queries) or k_proj (keys, kv heads repeated for GQA; selection.py). Under
                   LoRA the projections include the adapter, so they move as the policy trains.
 `queries` / `keys` run without gradient (the rollout); `pooled` + `project_*` keep it, for the
-selection term of the loss (algo.agrl.learn_selection, rltool/algos/agrl.py).
+selection term of the loss (algo.agrl.learn_selection, rltool/agrl/rollout.py).
 """
 from __future__ import annotations
 

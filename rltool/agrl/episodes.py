@@ -13,9 +13,9 @@ import torch
 from rltool.agrl.kv import KVPair
 from rltool.agrl.selection import mark_used, select_key
 from rltool.envs.base import Example
-from rltool.rollout.engine import Sampling
-from rltool.rollout.prompts import encode_chat
-from rltool.samples import Completion
+from rltool.engines.engine import Sampling
+from rltool.engines.prompts import encode_chat
+from rltool.records import Completion
 
 
 @dataclass

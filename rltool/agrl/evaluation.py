@@ -21,11 +21,11 @@ from rltool import dist
 from rltool.agrl.embed import make_vectors
 from rltool.agrl.episodes import Episode, pair_text, play_episodes
 from rltool.agrl.scoring import OrderingScorer
-from rltool.rollout.engine import Sampling
+from rltool.engines.engine import Sampling
 
 
 def evaluate_orderings(actors: dict, env, cfg) -> tuple[dict[str, float], list[dict]]:
-    actor = actors[cfg.policy.name]
+    actor = actors[cfg.lead_actor.name]
     a, tokenizer = cfg.algo.agrl, actor.tokenizer
     model = actor.model if actor.model is not None else scoring_model(actor, cfg)  # `rltool eval`: engine only
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731

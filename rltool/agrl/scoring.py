@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from rltool import parallel
+from rltool import train_backend
 from rltool.agrl.kv import KVPair
 from rltool.agrl.reward import episode_input, gather_value_logp, pad_positions, step_value_logp
 
@@ -50,6 +50,6 @@ class OrderingScorer:
             V = positions.shape[-1]
             logp = gather_value_logp(logits, ids.to(device), positions.view(len(part), T * V).to(device)).cpu()  # (b, T*V)
             out.append(step_value_logp(logp.view(len(part) * T, V), pos_mask, T))  # (b, T)
-        for _ in range(parallel.forward_count(len(starts), model) - len(starts)):  # ZeRO-3: forwards are collective
+        for _ in range(train_backend.forward_count(len(starts), model) - len(starts)):  # ZeRO-3: forwards are collective
             model(input_ids=ids[:1].to(device), attention_mask=mask[:1].to(device))
         return torch.cat(out)

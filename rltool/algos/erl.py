@@ -46,8 +46,8 @@ from rltool.algos.memory import Memory
 from rltool.algos.rollouts import GroupIds, Rollout, RolloutContext, register_rollout, sample_groups, score_completions
 from rltool.config import check, check_choice, check_template
 from rltool.envs.base import Example
-from rltool.rollout.prompts import encode_chat
-from rltool.samples import Completion, Sample
+from rltool.engines.prompts import encode_chat
+from rltool.records import Completion, Sample
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 PACKED_GROUPS = {"reflection": -1, "retry": -2}

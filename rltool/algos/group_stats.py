@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rltool.samples import Sample
+from rltool.records import Sample
 
 
 def group_outcomes(samples: Sequence[Sample]) -> dict[str, float]:

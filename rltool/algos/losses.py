@@ -32,7 +32,7 @@ PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, LossParams], tuple[Tens
 POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", home="rltool.algos")
 # An extra term a rollout attaches to its rows (`Sample.extra_loss`): fn(model, mb, cfg, counts) -> (loss, metrics),
 # its loss already normalised like the policy term so that summing over micro-batches gives the step's.
-EXTRA_LOSSES: Registry[Callable] = Registry("extra loss", home="rltool.algos")
+EXTRA_LOSSES: Registry[Callable] = Registry("extra loss", home=("rltool.algos", "rltool.agrl"))
 register_policy_loss = POLICY_LOSSES.register
 
 

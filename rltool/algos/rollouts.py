@@ -18,11 +18,11 @@ from rltool.config import Config
 from rltool.envs.base import Env, Example
 from rltool.registry import Registry
 from rltool.rewards.score import Scorer
-from rltool.rollout.engine import Engine, Sampling
-from rltool.rollout.prompts import encode_chat
-from rltool.samples import Completion, Sample
+from rltool.engines.engine import Engine, Sampling
+from rltool.engines.prompts import encode_chat
+from rltool.records import Completion, Sample
 
-ROLLOUTS: Registry[type["Rollout"]] = Registry("rollout", home="rltool.algos")
+ROLLOUTS: Registry[type["Rollout"]] = Registry("rollout", home=("rltool.algos", "rltool.agrl"))
 register_rollout = ROLLOUTS.register
 
 

@@ -14,7 +14,8 @@ from rltool.envs.base import Env, Example
 from rltool.envs.compose import ComposedEnv
 from rltool.registry import Registry
 
-ENVS: Registry[Callable[[EnvConfig], Env]] = Registry("environment", home="rltool.envs", config=EnvConfig)
+ENVS: Registry[Callable[[EnvConfig], Env]] = Registry("environment", home=("rltool.envs", "rltool.agrl"),
+                                                config=EnvConfig)
 
 
 def register_env(name: str, config: type[EnvConfig] | None = None):

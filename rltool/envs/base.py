@@ -67,10 +67,10 @@ class Env:
         """One greedy Completion per example, the answer held-out eval scores (rltool/evaluate.py). Default: the
         policy's greedy completion of `messages`. eval.n > 1 (pass@n) samples that same prompt, so it is
         reported for single-turn episodes only."""
-        from rltool.rollout.engine import Sampling
-        from rltool.rollout.prompts import encode_chat
+        from rltool.engines.engine import Sampling
+        from rltool.engines.prompts import encode_chat
 
-        policy = actors[cfg.policy.name]
+        policy = actors[cfg.lead_actor.name]
         prompts = [encode_chat(policy.tokenizer, self.messages(e), cfg.rollout.max_prompt_len) for e in examples]
         greedy = Sampling(greedy=True, max_new_tokens=cfg.eval.max_new_tokens)
         return [c for (c,) in policy.engine.generate(prompts, greedy)]

@@ -4,7 +4,7 @@
 round-spec saying who speaks when (`env.round_spec`, default `solver -> checker`), a Jinja2 system
 prompt per actor (`env.system_prompts`), and an answer rule (`env.answer_from`: the last speaker, or
 a named actor's last turn). Every actor sees its own turns as `assistant` and the others' as `user`
-("Checker says: ...", `env.speaker_format`), in its own chat template (rltool/rollout/conversation.py).
+("Checker says: ...", `env.speaker_format`), in its own chat template (rltool/engines/conversation.py).
 
 Training: `group_size` conversations per problem, all following one schedule by default
 (`env.schedule_per=group`) so a group's members are comparable; the answer is scored with the run's
@@ -26,9 +26,9 @@ from rltool.envs import register_env
 from rltool.envs.base import Example
 from rltool.envs.round_spec import parse, schedules
 from rltool.envs.task_based import OnTask, TaskConfig
-from rltool.rollout.conversation import Speaker, run_turns, start_conversations
-from rltool.rollout.engine import Sampling
-from rltool.samples import Completion, Sample
+from rltool.engines.conversation import Speaker, run_turns, start_conversations
+from rltool.engines.engine import Sampling
+from rltool.records import Completion, Sample
 
 DEFAULT_PROMPTS = {
     "solver": "You are {{ name }}, solving a problem together with {{ others }}. Work it out step by step and end "

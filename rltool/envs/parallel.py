@@ -23,9 +23,9 @@ from rltool.envs import register_env
 from rltool.envs.base import Example
 from rltool.envs.task_based import OnTask, TaskConfig
 from rltool.rewards.registry import REWARDS, call_reward
-from rltool.rollout.engine import Sampling
-from rltool.rollout.prompts import PromptTooLong, encode_chat
-from rltool.samples import Completion, Sample
+from rltool.engines.engine import Sampling
+from rltool.engines.prompts import PromptTooLong, encode_chat
+from rltool.records import Completion, Sample
 
 COMBINE = ("Here are {k} draft solutions to the problem above, possibly wrong:\n\n{drafts}\n\n"
            "Check them and write the correct solution. Put the final answer after '####'.")

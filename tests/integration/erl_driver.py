@@ -57,8 +57,8 @@ def instrument(rec: Recorder) -> None:
     from rltool.actors import actor as actors_module
     from rltool.actors.logprobs import completion_logp
     from rltool.algos.erl import ERLRollout
-    from rltool.rollout.prompts import encode_chat
-    from rltool.samples import Sample
+    from rltool.engines.prompts import encode_chat
+    from rltool.records import Sample
 
     init, call, collate, evaluate, sync = (ERLRollout.__init__, ERLRollout.__call__, loop.collate, loop.evaluate,
                                            actors_module.sync_weights)

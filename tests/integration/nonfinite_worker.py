@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rltool import dist, parallel
+from rltool import dist, train_backend
 from rltool.config import HardwareConfig, TrainerConfig
 
 IDS = torch.tensor([[1, 5, 9, 3, 7, 2]])  # (B=1, T=6)
@@ -22,19 +22,19 @@ IDS = torch.tensor([[1, 5, 9, 3, 7, 2]])  # (B=1, T=6)
 def main(out: str) -> None:
     cfg = SimpleNamespace(trainer=TrainerConfig(prompts_per_step=2, group_size=2, micro_batch_size=1, lr=1e-2),
                           hardware=HardwareConfig(name="t", num_processes=2, zero_stage=3))
-    accelerator = parallel.start(cfg)
+    accelerator = train_backend.start(cfg)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                          num_key_value_heads=1, intermediate_size=64, vocab_size=128))
-    optimizer = parallel.make_optimizer(list(model.parameters()), cfg)
-    model, optimizer = parallel.prepare(accelerator, model, optimizer)
+    optimizer = train_backend.make_optimizer(list(model.parameters()), cfg)
+    model, optimizer = train_backend.prepare(accelerator, model, optimizer)
 
     def step(poison: float) -> dict:
         loss = model(input_ids=IDS, labels=IDS).loss * poison
-        parallel.backward(model, loss, last=True)
-        norm = float(parallel.step(model, optimizer, cfg.trainer.grad_clip))
-        weights = parallel.full_state_dict(model)  # collective; rank 0 keeps it
-        return {"norm": norm, "skipped": parallel.pop_skipped_nonfinite(), "weights": weights}
+        train_backend.backward(model, loss, last=True)
+        norm = float(train_backend.step(model, optimizer, cfg.trainer.grad_clip))
+        weights = train_backend.full_state_dict(model)  # collective; rank 0 keeps it
+        return {"norm": norm, "skipped": train_backend.pop_skipped_nonfinite(), "weights": weights}
 
     first = step(1.0)
     poisoned = step(float("nan") if dist.rank() == 1 else 1.0)  # one rank's loss only

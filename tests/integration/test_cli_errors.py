@@ -44,19 +44,19 @@ CASES = [
     (["trainer.logprob_chunk_size=0"], "trainer.logprob_chunk_size=0: must be >= 1"),
     (["trainer.logger=[tensorboard, nope]"], "trainer.logger=['tensorboard', 'nope']: 'nope' is not a logger; valid:"),
     (["algo=erl", "algo.erl.retry_template='{prompt} {attempt}'"], "algo.erl.retry_template"),
-    # encoder agents (algo=ppo): refused before the encoder loads
-    (["algo=ppo", "actors=minilm_agent", "env=gsm8k"], "env.name='gsm8k': unknown text environment; valid: bandit_text,"),
-    (["algo=ppo", "env=frozenlake_text"], "actors.path='embedded:smollm2-135m-instruct': not an embedded encoder"),
-    (["algo=ppo", "actors=minilm_agent", "env=frozenlake_text", "env.map_size=5x5"],
+    # encoder agents (algo=encoder_ppo): refused before the encoder loads
+    (["algo=encoder_ppo", "actors=minilm_agent", "env=gsm8k"], "env.name='gsm8k': unknown text environment; valid: bandit_text,"),
+    (["algo=encoder_ppo", "env=frozenlake_text"], "actors.path='embedded:smollm2-135m-instruct': not an embedded encoder"),
+    (["algo=encoder_ppo", "actors=minilm_agent", "env=frozenlake_text", "env.map_size=5x5"],
      "env.map_size='5x5': must be one of 4x4, 8x8"),
-    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.gamma=1.5"], "algo.ppo.gamma=1.5: must be in (0, 1]"),
-    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.num_minibatches=3"],
+    (["algo=encoder_ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.gamma=1.5"], "algo.ppo.gamma=1.5: must be in (0, 1]"),
+    (["algo=encoder_ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.num_minibatches=3"],
      "algo.ppo.num_minibatches=3: must divide algo.ppo.num_steps x trainer.num_envs = 1024"),
-    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "actors.encoder.trainable_layers=7"],
+    (["algo=encoder_ppo", "actors=minilm_agent", "env=taxi_text", "actors.encoder.trainable_layers=7"],
      "actors.encoder.trainable_layers=7: must be <= the encoder's 6 layers"),
-    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.value_loss=huber"],
+    (["algo=encoder_ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.value_loss=huber"],
      "algo.ppo.value_loss='huber': unknown for algo.loop=ppo; valid: clipped, mse"),
-    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "actors.heads.feature_norm=layer"],
+    (["algo=encoder_ppo", "actors=minilm_agent", "env=taxi_text", "actors.heads.feature_norm=layer"],
      "actors.policy.heads.feature_norm='layer': must be one of running, none"),
     (["rollout.multi_lora=true"], "rollout.multi_lora=True: needs trainable LoRA actors (actors.<name>.lora.r > 0)"),
     (["rollout.multi_lora=true", "actors.lora.r=8", "rollout.engine=hf"], "rollout.multi_lora=True: needs rollout.engine=vllm"),
@@ -151,7 +151,7 @@ def test_unknown_group_option_lists_valid_options():
 
 def test_encoder_agent_commands_validate():
     for env in ("frozenlake_text", "taxi_text", "blackjack_text", "cliffwalking_text", "bandit_text"):
-        proc = rltool("validate", "algo=ppo", "actors=minilm_agent", f"env={env}", timeout=120)
+        proc = rltool("validate", "algo=encoder_ppo", "actors=minilm_agent", f"env={env}", timeout=120)
         assert "loop: ppo" in proc.stdout and f"name: {env}" in proc.stdout and "sweep_metric: eval/reward" in proc.stdout
 
 

@@ -10,12 +10,11 @@ import torch
 from rltool.actors.embedded import materialize
 from rltool.actors.load import load_policy, load_tokenizer
 from rltool.actors.logprobs import completion_logp
-from rltool.batch import collate
+from rltool.records import Sample, collate
 from rltool.config import ActorConfig
-from rltool.rollout.conversation import Speaker, run_turns, start_conversations
-from rltool.rollout.engine import Sampling
-from rltool.rollout.vllm_engine import VLLMEngine
-from rltool.samples import Sample
+from rltool.engines.conversation import Speaker, run_turns, start_conversations
+from rltool.engines.engine import Sampling
+from rltool.engines.vllm_engine import VLLMEngine
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from rltool.ckpt import load_trainer_state
 from tests.integration.helpers import read_jsonl, rltool
 
 pytestmark = pytest.mark.slow
-AGENT = ["algo=ppo", "actors=minilm_agent", "hardware=cpu", "hardware.threads=1"]
+AGENT = ["algo=encoder_ppo", "actors=minilm_agent", "hardware=cpu", "hardware.threads=1"]
 
 
 def test_text_bandit_learns_the_right_arm(tmp_path):
@@ -102,7 +102,7 @@ def test_sweep_over_two_seeds(tmp_path):
            "seed=0,1", f"hydra.sweep.dir={tmp_path}", timeout=600)
     rows = list(csv.DictReader((tmp_path / "multirun_summary.csv").open()))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok")]
-    assert all(r["eval/reward"] != "" for r in rows)  # sweep_metric=eval/reward (conf/algo/ppo.yaml)
+    assert all(r["eval/reward"] != "" for r in rows)  # sweep_metric=eval/reward (conf/algo/encoder_ppo.yaml)
 
 
 def fault_run(fault: str, tmp_path, *overrides: str) -> subprocess.CompletedProcess:

@@ -11,13 +11,12 @@ import torch
 from rltool.actors.embedded import materialize
 from rltool.actors.load import load_policy, load_tokenizer
 from rltool.actors.logprobs import completion_logp
-from rltool.batch import collate
+from rltool.records import Sample, collate
 from rltool.config import ActorConfig, LoraConfig
-from rltool.rollout import sync_weights
-from rltool.rollout.engine import Sampling
-from rltool.rollout.prompts import encode_chat
-from rltool.rollout.vllm_engine import VLLMEngine
-from rltool.samples import Sample
+from rltool.engines import sync_weights
+from rltool.engines.engine import Sampling
+from rltool.engines.prompts import encode_chat
+from rltool.engines.vllm_engine import VLLMEngine
 
 pytestmark = pytest.mark.slow
 

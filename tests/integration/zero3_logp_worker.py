@@ -17,7 +17,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import torch  # noqa: E402
 
-from rltool import dist, parallel  # noqa: E402
+from rltool import dist, train_backend  # noqa: E402
 from rltool.actors.chunked_logp import lm_head  # noqa: E402
 from rltool.actors.embedded import materialize  # noqa: E402
 from rltool.actors.load import load_policy  # noqa: E402
@@ -32,16 +32,16 @@ def main(out: str) -> None:
     cfg = SimpleNamespace(algo=algo_config(name="t"), rollout=RolloutConfig(max_new_tokens=8),
                           trainer=TrainerConfig(prompts_per_step=2, group_size=2, micro_batch_size=2),
                           hardware=HardwareConfig(name="t", num_processes=2, zero_stage=3))
-    accelerator = parallel.start(cfg)
+    accelerator = train_backend.start(cfg)
     path = str(materialize())
     model = load_policy(ActorConfig(path=path), "float32", base_dir=path, device=None)
-    optimizer = parallel.make_optimizer(list(model.parameters()), cfg)
-    model, optimizer = parallel.prepare(accelerator, model, optimizer)
+    optimizer = train_backend.make_optimizer(list(model.parameters()), cfg)
+    model, optimizer = train_backend.prepare(accelerator, model, optimizer)
     g = torch.Generator().manual_seed(dist.rank())
     ids = torch.randint(0, 49152, (2, 12), generator=g)  # (B, P+T) = (2, 6+6), this rank's rows
     w = torch.randn(2, 6, generator=g)  # (B, T)
-    head = parallel.unwrap(model).lm_head.weight  # partitioned under ZeRO-3
-    result = {"deepspeed": parallel.is_deepspeed(model), "chunked_active": lm_head(model) is not None}
+    head = train_backend.unwrap(model).lm_head.weight  # partitioned under ZeRO-3
+    result = {"deepspeed": train_backend.is_deepspeed(model), "chunked_active": lm_head(model) is not None}
     grads = {}
     for impl in ("plain", "chunked"):
         out_ = completion_logp(model, ids, torch.ones_like(ids), 6, 0.7, with_entropy=True, with_t1=True, impl=impl,

@@ -22,15 +22,14 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 
-from rltool import dist, parallel  # noqa: E402
+from rltool import dist, train_backend  # noqa: E402
 from rltool.actors.embedded import materialize  # noqa: E402
 from rltool.actors.load import load_policy, load_tokenizer  # noqa: E402
 from rltool.actors.logprobs import completion_logp  # noqa: E402
-from rltool.batch import collate  # noqa: E402
+from rltool.records import Sample, collate
 from rltool.config import ActorConfig, HardwareConfig, LoraConfig, RolloutConfig, TrainerConfig  # noqa: E402
-from rltool.rollout.prompts import encode_chat  # noqa: E402
-from rltool.samples import Sample  # noqa: E402
-from rltool.steps import compute_advantages, optimize  # noqa: E402
+from rltool.engines.prompts import encode_chat  # noqa: E402
+from rltool.update import compute_advantages, optimize  # noqa: E402
 from rltool.schemas import algo_config
 
 QUESTIONS = ["What is 17 + 25?", "What is 9 x 7?"]
@@ -69,12 +68,12 @@ def main(out: str, with_engine: bool, lora_r: int) -> None:
         trainer=TrainerConfig(prompts_per_step=2, group_size=4, micro_batch_size=2, lr=1e-3 if lora_r else 1e-4,
                               grad_clip=1.0),
         rollout=RolloutConfig(max_new_tokens=16), hardware=HardwareConfig(name="t", num_processes=2, zero_stage=3))
-    accelerator = parallel.start(cfg)  # None in a plain process
+    accelerator = train_backend.start(cfg)  # None in a plain process
     path = str(materialize())
     tokenizer = load_tokenizer(path)
     model = load_policy(ActorConfig(path=path, lora=LoraConfig(r=lora_r)), "float32", base_dir=path, device=None if accelerator else "cpu")
-    optimizer = parallel.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    model, optimizer = parallel.prepare(accelerator, model, optimizer)
+    optimizer = train_backend.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    model, optimizer = train_backend.prepare(accelerator, model, optimizer)
 
     samples = fixed_samples(tokenizer)
     probe = samples[1]
@@ -84,15 +83,15 @@ def main(out: str, with_engine: bool, lora_r: int) -> None:
     compute_advantages(mine, batch, cfg)
     engine = None
     if with_engine:
-        from rltool.rollout import sync_weights
-        from rltool.rollout.vllm_engine import VLLMEngine
+        from rltool.engines import sync_weights
+        from rltool.engines.vllm_engine import VLLMEngine
 
         engine = VLLMEngine(path, dtype="float32", device="cpu", seed=0, max_model_len=256, kv_cache_gib=1,
                             max_num_seqs=8, external_launcher=dist.world_size() > 1,
                             enforce_eager=True)  # no ~90 s torch.compile per rank
         before = engine.prompt_logprobs(probe.prompt_ids, probe.completion_ids)
 
-    result = {"world": dist.world_size(), "deepspeed": parallel.is_deepspeed(model),
+    result = {"world": dist.world_size(), "deepspeed": train_backend.is_deepspeed(model),
               "advantages": dist.gather_cat(torch.tensor([s.adv for s in mine]))[0].tolist()}
     lr = cfg.trainer.lr
     for agg in AGGREGATIONS:

@@ -132,14 +132,13 @@ def test_kl_in_reward_with_the_reinforce_pp_config():
     # -> [0.806224, -0.599502, 0.888915, -1.095637]
     from omegaconf import OmegaConf
 
-    from rltool.batch import collate
-    from rltool.config import AlgoConfig
-    from rltool.samples import Sample
-    from rltool.steps import compute_advantages
+    from rltool.records import Sample, collate
+    from rltool.schemas import all_algo_keys
+    from rltool.update import compute_advantages
 
     yaml = OmegaConf.load(Path(__file__).parents[2] / "conf" / "algo" / "reinforce_pp.yaml")
     del yaml["defaults"]
-    algo = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AlgoConfig), yaml))
+    algo = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(all_algo_keys()), yaml))
     algo.kl_coef = 0.1
     engine = [[-1.0], [-2.0], [-1.0, -3.0], [-1.0, -1.0]]
     ref = torch.tensor([[-1.5, 9.0], [-1.0, 9.0], [-1.0, -3.0], [-2.0, -2.0]])  # 9.0: padding, masked
@@ -159,10 +158,8 @@ def test_kl_in_reward_reaches_rows_whose_advantage_the_rollout_preset():
     # reward their return is r - kl_coef * sum_t KL_t, so the preset advantage drops by the same amount.
     # kl_coef 0.5, k1 = engine logp - ref logp: row 0: (-1 - -2) + (-1 - -1.5) = 1.5 -> 0.8 - 0.75 = 0.05
     # row 1 (per-token preset [1, 2]): (-2 - -1) = -1 over its one trained token -> [1.5, 2.5]
-    from rltool.batch import collate
-    from rltool.config import AlgoConfig
-    from rltool.samples import Sample
-    from rltool.steps import compute_advantages
+    from rltool.records import Sample, collate
+    from rltool.update import compute_advantages
 
     algo = algo_config(kl_coef=0.5, kl_estimator="k1", kl_placement="reward")
     samples = [Sample(prompt_ids=[1], completion_ids=[5, 5], sample_logp=[-1.0, -1.0], group=0, reward=1.0, adv=0.8),

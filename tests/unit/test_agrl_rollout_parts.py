@@ -15,17 +15,16 @@ from omegaconf import OmegaConf
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rltool import steps
+from rltool import update
 from rltool.agrl.articles import Article, Fact, fact_pairs, train_articles
 from rltool.agrl.embed import HiddenVectors
 from rltool.agrl.episodes import Episode, play_episodes
 from rltool.agrl.filter import TrajectoryFilter
 from rltool.agrl.kv import KVPair
 from rltool.agrl.scoring import OrderingScorer
-from rltool.batch import collate
+from rltool.records import Completion, Sample, collate
 from rltool.config import RolloutConfig, TrainerConfig
-from rltool.envs.article_curriculum import ArticleCurriculum
-from rltool.samples import Completion, Sample
+from rltool.agrl.article_env import ArticleCurriculum
 from rltool.schemas import algo_config, env_config
 
 WORDS = {}
@@ -193,10 +192,10 @@ def test_shipped_agrl_settings_make_a_good_episodes_queries_likelier_and_a_bad_o
                Sample([3, 4], [10, 11], [-1.0, -1.0], 1, -0.5, adv=-0.5)]
     model = tiny_policy()
     batch = collate(samples, pad_id=0)
-    batch.ref_logp = steps.logp_no_grad(tiny_policy(), batch, cfg)  # the frozen base: a copy of the start
-    before = steps.logp_no_grad(model, batch, cfg).sum(-1)
-    steps.optimize(model, torch.optim.SGD(model.parameters(), lr=1.0), batch, cfg)
-    after = steps.logp_no_grad(model, batch, cfg).sum(-1)
+    batch.ref_logp = update.logp_no_grad(tiny_policy(), batch, cfg)  # the frozen base: a copy of the start
+    before = update.logp_no_grad(model, batch, cfg).sum(-1)
+    update.optimize(model, torch.optim.SGD(model.parameters(), lr=1.0), batch, cfg)
+    after = update.logp_no_grad(model, batch, cfg).sum(-1)
     assert (after[:2] > before[:2]).all() and after[2] < before[2]
     assert cfg.algo.agg == "dr_grpo" and cfg.algo.kl_coef > 0 and cfg.algo.rollout == "agrl"
 
@@ -211,7 +210,7 @@ def test_hub_source_reads_articles_sentence_by_sentence_and_an_unreachable_hub_i
     facts = env.train_examples()[0].meta["article"].facts
     assert [f.text for f in facts] == ["First fact 2 here.", "Second fact 2!", "Third 2?"]
     assert env.unit == "tokens" and len(env.pairs(env.train_examples()[0], encode, None)) == 2
-    code = ("from rltool.schemas import env_config\nfrom rltool.envs.article_curriculum import ArticleCurriculum\n"
+    code = ("from rltool.schemas import env_config\nfrom rltool.agrl.article_env import ArticleCurriculum\n"
             "ArticleCurriculum(env_config(name='article_curriculum', source='hub'))")
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=offline, timeout=120)
@@ -222,8 +221,8 @@ def test_hub_source_reads_articles_sentence_by_sentence_and_an_unreachable_hub_i
 
 def test_learn_selection_makes_a_good_episodes_pick_likelier_through_the_policys_own_vectors():
     from rltool.agrl.selection import attention_scores
-    from rltool.algos.agrl import selection_inputs
-    from rltool.algos.agrl import AgrlConfig
+    from rltool.agrl.rollout import selection_inputs
+    from rltool.agrl.rollout import AgrlConfig
 
     agrl = AgrlConfig(embedding="hidden", learn_selection=True, layer=0, select_temperature=0.5)
     cfg = SimpleNamespace(algo=algo_config(name="agrl", agg="dr_grpo", agrl=agrl), trainer=TrainerConfig(micro_batch_size=2),
@@ -247,7 +246,7 @@ def test_learn_selection_makes_a_good_episodes_pick_likelier_through_the_policys
     after, metrics = {}, {}
     for name, b in (("with", batch), ("without", plain)):  # the same start; the query-token term alone moves picks too
         model = tiny_policy()
-        metrics[name] = steps.optimize(model, torch.optim.SGD(model.parameters(), lr=2.0), b, cfg)
+        metrics[name] = update.optimize(model, torch.optim.SGD(model.parameters(), lr=2.0), b, cfg)
         after[name] = pick_logp(model)
     assert metrics["with"]["loss/select"] != 0 and "loss/select" not in metrics["without"]
     moved = after["with"] - after["without"]
@@ -258,7 +257,7 @@ def test_learn_selection_makes_a_good_episodes_pick_likelier_through_the_policys
 
 def test_base_model_baseline_is_the_lora_policy_with_its_adapter_off():
     from rltool.actors.lora import AdapterDisabled, add_adapter
-    from rltool.algos.agrl import base_model
+    from rltool.agrl.rollout import base_model
     from rltool.config import LoraConfig
 
     policy = add_adapter(tiny_policy(), LoraConfig(r=4, alpha=8))

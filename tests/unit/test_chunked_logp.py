@@ -7,13 +7,12 @@ import torch
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rltool import steps
+from rltool import update
 from rltool.actors.chunked_logp import ChunkedHeadLogp, lm_head
 from rltool.actors.logprobs import completion_logp
 from rltool.actors.lora import AdapterDisabled, add_adapter
-from rltool.batch import collate
+from rltool.records import Sample, collate
 from rltool.config import LoraConfig, RolloutConfig, TrainerConfig
-from rltool.samples import Sample
 from rltool.schemas import algo_config
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -136,7 +135,7 @@ def optimize_once(agg: str, impl: str):
                           rollout=RolloutConfig(max_new_tokens=5, temperature=0.7))
     batch = collate(samples(), pad_id=0)
     batch.ref_logp = torch.full_like(batch.mask, -2.0)
-    m = steps.optimize(model, opt, batch, cfg)
+    m = update.optimize(model, opt, batch, cfg)
     return {n: p.grad.clone() for n, p in model.named_parameters()}, m
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from rltool.rollout.conversation import ChatView, Speaker, TemplateError, run_turns, start_conversations
-from rltool.rollout.engine import Sampling
-from rltool.samples import Completion
+from rltool.engines.conversation import ChatView, Speaker, TemplateError, run_turns, start_conversations
+from rltool.engines.engine import Sampling
+from rltool.records import Completion
 
 TOKENIZER = Path.home() / ".cache" / "rltool" / "models" / "smollm2-135m-instruct"
 LLAMA3 = (  # the shape of Llama 3's template: header tokens, <|eot_id|> closing every turn

@@ -36,7 +36,7 @@ def test_dynamic_sampling_filters_on_success_not_on_the_length_shaped_reward():
     # group 0: all wrong, rewards differ only by the overlong penalty (0, -0.25) -> no accuracy signal
     # group 1: one right, one wrong -> informative either way; group 2: all right, rewards tied
     from rltool.algos.rollouts import keep_informative
-    from rltool.samples import Sample
+    from rltool.records import Sample
 
     rows = [(0, 0.0, 0.0), (0, -0.25, 0.0), (1, 1.0, 1.0), (1, 0.0, 0.0), (2, 1.0, 1.0), (2, 1.0, 1.0)]
     samples = [Sample(prompt_ids=[1], completion_ids=[2], sample_logp=[0.0], group=g, reward=r, success=s)

@@ -10,7 +10,7 @@ from rltool.envs import make_env, validate_env_config
 from rltool.schemas import env_config
 from rltool.rewards.registry import Reward
 from rltool.rewards.score import env_columns
-from rltool.rollout.prompts import encode_chat
+from rltool.engines.prompts import encode_chat
 
 ROWS = [{"prompt": f"Say {i}", "answer": str(i), "label": f"L{i}"} for i in range(10)]
 

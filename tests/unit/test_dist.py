@@ -8,9 +8,8 @@ import torch.multiprocessing as mp
 from torch.testing import assert_close
 
 from rltool import dist as rdist
-from rltool.batch import collate
-from rltool.samples import Sample
-from rltool.steps import compute_advantages
+from rltool.records import Sample, collate
+from rltool.update import compute_advantages
 from rltool.schemas import algo_config
 
 # group 7 is split over the ranks (rank 0 holds two members, rank 1 one); group 9 lives on rank 1

@@ -6,10 +6,10 @@ import torch
 
 from rltool.actors.actor import Actor
 from rltool.metrics import PhaseTimer
-from rltool.rollout.engine import Sampling
-from rltool.rollout.lifecycle import update_and_sync
-from rltool.rollout.lora_engine import AdapterView
-from rltool.samples import Completion
+from rltool.engines.engine import Sampling
+from rltool.engines.lifecycle import update_and_sync
+from rltool.engines.lora_engine import AdapterView
+from rltool.records import Completion
 
 
 class ContractError(AssertionError):

@@ -13,7 +13,7 @@ from rltool.envs.compose import ComposedEnv
 from rltool.evaluate import evaluate
 from rltool.rewards.registry import reward
 from rltool.rewards.score import Scorer
-from rltool.samples import Completion
+from rltool.records import Completion
 
 
 class Echo(Env):
@@ -133,7 +133,7 @@ def test_the_default_play_is_group_size_completions_of_the_env_prompt_scored_by_
 def test_the_default_eval_answer_is_the_policy_greedy_completion(tok):
     env = Echo()
     policy = SimpleNamespace(tokenizer=tok, engine=Scripted(tok, ["red", "blue"]))
-    cfg = SimpleNamespace(policy=SimpleNamespace(name="policy"), rollout=SimpleNamespace(max_prompt_len=512),
+    cfg = SimpleNamespace(lead_actor=SimpleNamespace(name="policy"), rollout=SimpleNamespace(max_prompt_len=512),
                           eval=SimpleNamespace(max_new_tokens=7))
     answers = env.answers({"policy": policy, "judge": None}, env.examples, cfg)
     assert [a.text for a in answers] == ["red", "blue"]
@@ -172,7 +172,7 @@ def test_pass_at_n_samples_the_policy_prompt_so_it_is_reported_for_single_turn_e
 
     def run(env):
         policy = SimpleNamespace(name="policy", tokenizer=tok, engine=Scripted(tok, ["red", "blue"]))
-        cfg = SimpleNamespace(policy=policy, seed=0, rollout=SimpleNamespace(max_prompt_len=512),
+        cfg = SimpleNamespace(lead_actor=policy, seed=0, rollout=SimpleNamespace(max_prompt_len=512),
                               reward=RewardConfig(name="t", terms=[RewardTerm("test_echo_said")], success="test_echo_said"),
                               eval=SimpleNamespace(size=0, n=2, max_new_tokens=16, temperature=1.0))
         return evaluate({"policy": policy}, env, cfg)[0]

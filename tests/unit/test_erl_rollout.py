@@ -19,7 +19,7 @@ from rltool.config import (ActorConfig, Config, HardwareConfig, RewardConfig,
 from rltool.envs.arithmetic import ArithmeticEnv
 from rltool.envs.base import Example
 from rltool.rewards import Scorer
-from rltool.samples import Completion
+from rltool.records import Completion
 from rltool.schemas import algo_config, env_config
 
 TOKENIZER = Path.home() / ".cache" / "rltool" / "models" / "smollm2-135m-instruct"
@@ -349,7 +349,7 @@ def test_memory_is_dropped_after_the_attempt_is_gone(tok):
 
 
 def test_prompts_are_never_cut_from_the_left(tok):
-    from rltool.rollout.prompts import PromptTooLong, encode_chat, fitting_examples
+    from rltool.engines.prompts import PromptTooLong, encode_chat, fitting_examples
 
     with pytest.raises(PromptTooLong, match="max_prompt_len=5"):
         encode_chat(tok, [{"role": "user", "content": "What is 2 + 2?"}], 5)
@@ -367,8 +367,8 @@ GOOD = (0, 2, 3)  # reflections on these prompts' attempts lead to a right retry
 
 def erl_steps(tok, patterns, examples, good, rank=0):
     """Two ERL steps; per step the samples' (kind, example, text) -> advantage and the memory after it."""
-    from rltool.batch import collate
-    from rltool.steps import compute_advantages
+    from rltool.records import collate
+    from rltool.update import compute_advantages
 
     rollout, engine, _ = setup(tok, patterns, good=good, examples=examples)
     rollout.ctx.rank = rank  # group ids unique per rank, as the loop's RolloutContext has them
@@ -431,8 +431,7 @@ def test_two_ranks_share_one_memory_and_packed_groups_span_the_ranks(tok):
 
 def test_each_reward_is_logged_over_the_first_attempts(tok):
     # prompt 0 right on 2 of 4 attempts ("WWCC"); reflections/retries (right after a GOOD plan) must not count
-    from rltool.batch import collate
-    from rltool.steps import rollout_metrics
+    from rltool.update import rollout_metrics
 
     rollout, engine, ex = setup(tok, ["WWCC"])
     engine.good = {ex[0].question}

@@ -9,7 +9,7 @@ from rltool.envs.base import Example
 from rltool.envs.single_turn import SingleTurnEnv
 from rltool.evaluate import evaluate
 from rltool.rewards.registry import reward
-from rltool.samples import Completion
+from rltool.records import Completion
 from rltool.schemas import env_config
 
 class ByProblem:
@@ -32,7 +32,7 @@ class ByProblem:
 
 def run_eval(tok, env, reward_cfg, reply):
     policy = SimpleNamespace(name="policy", tokenizer=tok, engine=ByProblem(tok, env.eval_examples(), reply))
-    cfg = SimpleNamespace(policy=policy, seed=0, reward=reward_cfg, rollout=SimpleNamespace(max_prompt_len=512),
+    cfg = SimpleNamespace(lead_actor=policy, seed=0, reward=reward_cfg, rollout=SimpleNamespace(max_prompt_len=512),
                           eval=SimpleNamespace(size=0, n=1, max_new_tokens=16, temperature=1.0))
     return evaluate({"policy": policy}, env, cfg)
 
@@ -91,7 +91,7 @@ def test_a_conversation_reward_in_a_team_env_leaves_success_out_with_one_warning
     env = make_env(env_config(name="collab_arithmetic", eval_size=2, train_size=2))
     engine = ByProblem(tok, env.eval_examples(), lambda i, gold: f"#### {gold}")
     actors = {n: SimpleNamespace(name=n, tokenizer=tok, engine=engine) for n in ("solver", "checker")}
-    cfg = SimpleNamespace(policy=actors["solver"], seed=0, rollout=SimpleNamespace(max_prompt_len=512),
+    cfg = SimpleNamespace(lead_actor=actors["solver"], seed=0, rollout=SimpleNamespace(max_prompt_len=512),
                           eval=SimpleNamespace(size=0, n=1, max_new_tokens=16, temperature=1.0),
                           reward=RewardConfig(name="t", terms=[RewardTerm("test_agreed")], success="test_agreed"))
     metrics, _ = evaluate(actors, env, cfg)

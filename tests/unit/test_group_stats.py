@@ -1,6 +1,6 @@
 """rollout/groups_all_wrong, _all_right, _no_signal on hand-made groups."""
 from rltool.algos.group_stats import group_outcomes
-from rltool.samples import Sample
+from rltool.records import Sample
 
 
 def s(group, success, reward, first_attempt=True):

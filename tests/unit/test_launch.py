@@ -3,7 +3,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rltool import launch, parallel
+from rltool import launch, train_backend
 from rltool.config import HardwareConfig, register_configs
 
 
@@ -45,7 +45,7 @@ def test_blocks_group_parameters_by_layer():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
                                          num_key_value_heads=1, vocab_size=32, tie_word_embeddings=True))
-    blocks = parallel.blocks(model)
+    blocks = train_backend.blocks(model)
     names = {id(p): n for n, p in model.named_parameters()}
     assert [len(b) for b in blocks] == [1, 9, 9, 9, 1]  # embedding (tied head), 3 layers of 9 tensors, final norm
     assert all(names[id(p)].startswith("model.layers.1.") for p in blocks[2])
@@ -55,8 +55,8 @@ def test_blocks_group_parameters_by_layer():
 def test_weights_for_engine_without_deepspeed_keeps_tied_names():
     model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                                          num_key_value_heads=1, vocab_size=32, tie_word_embeddings=True))
-    names = [n for n, _ in parallel.weights_for_engine(model)]
-    assert "lm_head.weight" in names and "lm_head.weight" not in [n for n, _ in parallel.weights_for_engine(
+    names = [n for n, _ in train_backend.weights_for_engine(model)]
+    assert "lm_head.weight" in names and "lm_head.weight" not in [n for n, _ in train_backend.weights_for_engine(
         model, remove_duplicate=True)]
 
 

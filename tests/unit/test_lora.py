@@ -8,15 +8,14 @@ import torch
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from rltool import steps
+from rltool import update
 from rltool.actors.embedded import materialize
 from rltool.actors.load import load_policy, load_reference
 from rltool.actors.logprobs import completion_logp
 from rltool.actors.lora import AdapterDisabled, add_adapter, is_peft, merged_named_weights, named_weights_for_engine
-from rltool.batch import collate
+from rltool.records import Sample, collate
 from rltool.ckpt import actor_dir, adapter_dir, load_optimizer, model_dir, save_checkpoint, save_final
 from rltool.config import ActorConfig, ConfigError, LoraConfig, RolloutConfig, TrainerConfig
-from rltool.samples import Sample
 from rltool.schemas import algo_config
 
 IDS = torch.tensor([[1, 5, 9, 3, 7, 2], [4, 4, 8, 1, 6, 3]])  # (B=2, T=6)
@@ -207,18 +206,18 @@ def test_loop_phases_with_kl_update_only_the_adapter():
                           trainer=TrainerConfig(micro_batch_size=2), rollout=RolloutConfig(max_new_tokens=4))
     samples = [Sample(prompt_ids=[3, 4], completion_ids=[6 + i, 7, 8], sample_logp=[-1.0] * 3, group=0,
                       reward=float(i), adv=float(i) - 1.5) for i in range(4)]
-    batch = steps.compute_logprobs(model, load_reference(model, "unused", "float32"), collate(samples, pad_id=0), cfg)
-    base_logp = steps.logp_no_grad(tiny_model(), batch, cfg)
+    batch = update.compute_logprobs(model, load_reference(model, "unused", "float32"), collate(samples, pad_id=0), cfg)
+    base_logp = update.logp_no_grad(tiny_model(), batch, cfg)
     assert_close(batch.ref_logp, base_logp, atol=1e-6, rtol=0)
     assert not torch.allclose(batch.old_logp, base_logp, atol=1e-4)  # the policy is not the reference
-    m = steps.optimize(model, opt, batch, cfg)
+    m = update.optimize(model, opt, batch, cfg)
     assert float(m["loss/kl"]) > 0 and torch.isfinite(m["policy/grad_norm"])
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) != ("lora_" in n), n  # adapter moved, base did not
 
 
 def test_multi_lora_engine_rank_is_the_smallest_vllm_accepts():
-    from rltool.rollout.lora_engine import engine_lora_rank
+    from rltool.engines.lora_engine import engine_lora_rank
 
     # vLLM's max_lora_rank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512
     assert [engine_lora_rank(r) for r in (1, 2, 8, 9, 16, 300, 320, 321, 512)] == [1, 8, 8, 16, 16, 320, 320, 512, 512]

@@ -1,21 +1,19 @@
 """Collaborative and parallel environments with scripted engines: who trains on what, in which group,
 with which reward. The real engines run in tests/integration/test_multi_actor.py."""
 import random
-import re
 from types import SimpleNamespace
 
 import torch
 
 from rltool.algos.rollouts import GroupIds
-from rltool.batch import collate
-from rltool.config import ConfigError, RewardConfig, RewardTerm
+from rltool.records import Completion, collate
+from rltool.config import RewardConfig, RewardTerm
 from rltool.envs import make_env
 from rltool.evaluate import evaluate
 from rltool.rewards.registry import reward
 from rltool.rewards.score import Scorer
-from rltool.rollout.engine import Sampling
-from rltool.samples import Completion
-from rltool.steps import compute_advantages
+from rltool.engines.engine import Sampling
+from rltool.update import compute_advantages
 from rltool.schemas import env_config
 
 class Scripted:
@@ -239,7 +237,7 @@ def test_composed_eval_gives_each_part_its_own_problems(tok):
     actors = {n: actor(n, tok, []) for n in ("solver", "checker")}
     for a in actors.values():
         a.engine = Oracle(tok, examples)
-    cfg = SimpleNamespace(policy=SimpleNamespace(name="solver"), seed=0,
+    cfg = SimpleNamespace(lead_actor=SimpleNamespace(name="solver"), seed=0,
                           eval=SimpleNamespace(size=2, n=1, max_new_tokens=16), rollout=SimpleNamespace(max_prompt_len=512),
                           reward=RewardConfig(name="t", terms=[RewardTerm("gsm8k_strict")], success="gsm8k_strict"))
     metrics, rows = evaluate(actors, env, cfg)

@@ -13,11 +13,10 @@ import torch
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rltool import steps
+from rltool import update
 from rltool.actors.logprobs import completion_logp
-from rltool.batch import collate
+from rltool.records import Sample, collate
 from rltool.config import RolloutConfig, TrainerConfig
-from rltool.samples import Sample
 from rltool.schemas import algo_config
 
 MAX_NEW = 5
@@ -57,7 +56,7 @@ def optimize_grads(samples, cfg, ref_logp=None, old_logp=None) -> tuple[list[tor
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: compare gradients, keep weights
     batch = collate(samples, pad_id=0)
     batch.ref_logp, batch.old_logp = ref_logp, old_logp
-    metrics = steps.optimize(model, opt, batch, cfg)
+    metrics = update.optimize(model, opt, batch, cfg)
     return [p.grad.clone() for p in model.parameters()], metrics
 
 
@@ -255,7 +254,7 @@ def test_ref_kl_probe_is_k3_of_the_engine_logps_against_the_base_on_the_first_ro
     base, samples = tiny_model(), six_samples()
     cfg = config("grpo", micro=2)
     cfg.trainer = TrainerConfig(micro_batch_size=2, ref_kl_rows=3)
-    got = steps.ref_kl_probe(base, collate(samples, pad_id=0), cfg)["policy/ref_kl"]
+    got = update.ref_kl_probe(base, collate(samples, pad_id=0), cfg)["policy/ref_kl"]
     with torch.no_grad():
         d = torch.cat([row_logps(base, s, TEMPERATURE) - torch.tensor(s.sample_logp) for s in samples[:3]])
     assert abs(got - float((d.exp() - d - 1).mean())) < 1e-6

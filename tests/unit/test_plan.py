@@ -52,7 +52,7 @@ def cfg(**over):
         c.actors = {"policy": c.actors}
     for name, actor in c.actors.items():
         actor.name = name
-    c.policy = next(iter(c.actors.values()))
+    c.lead_actor = next(iter(c.actors.values()))
     c.actor_algo = lambda name: c.algo
     c.needs_reference = lambda name: Config.needs_reference(c, name)
     return c
@@ -138,7 +138,7 @@ def test_batch_plan_splits_the_step_over_ranks():
                           actors={"policy": ActorConfig(path="embedded:smollm2-135m-instruct")},
                           trainer=TrainerConfig(prompts_per_step=4, group_size=8, micro_batch_size=4, max_steps=10),
                           rollout=RolloutConfig(max_new_tokens=100, max_prompt_len=156))
-    cfg.policy = cfg.actors["policy"]
+    cfg.lead_actor = cfg.actors["policy"]
     text = batch_plan(cfg, SimpleNamespace(device="cpu", dtype="float32", num_processes=2))
     assert "2 processes" in text and "4 x group 8 = 32 completions/step" in text
     assert "per rank 16 completions in 4 micro-batches of 4 (accumulation steps per optimizer step: 4" in text

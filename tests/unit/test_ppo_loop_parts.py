@@ -20,14 +20,14 @@ from rltool.ppo_train import EVAL_SEED_OFFSET, Rollout, run_eval, update
 def ppo_config(*overrides):
     register_configs()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["output_dir=x", "algo=ppo", "actors=minilm_agent", *overrides])
+        cfg = compose(config_name="config", overrides=["output_dir=x", "algo=encoder_ppo", "actors=minilm_agent", *overrides])
     return OmegaConf.to_object(cfg)
 
 
 @pytest.fixture(scope="module")
 def encoder():
     cfg = ppo_config("env=frozenlake_text")
-    return TokenEncoder(cfg.policy.path, cfg.policy.encoder)
+    return TokenEncoder(cfg.lead_actor.path, cfg.lead_actor.encoder)
 
 
 class ShortOrLong:
@@ -62,7 +62,7 @@ def test_eval_takes_the_same_number_of_episodes_from_every_env(encoder, short_or
     assert (seed + EVAL_SEED_OFFSET) % 2 == 0
     cfg = ppo_config("env=bandit_text", "env.name=short_or_long_text", "trainer.num_envs=2",
                      "algo.ppo.eval_episodes=4", f"seed={seed}")
-    agent = EncoderAgent(encoder, cfg.policy.heads, num_actions=1)
+    agent = EncoderAgent(encoder, cfg.lead_actor.heads, num_actions=1)
     metrics = run_eval(agent, cfg, 0, MetricsLog(tmp_path, enabled=False))
     # quotas 2 + 2 (stable-baselines3's evaluate_policy): returns [0, 0, 1, 1], lengths [1, 1, 3, 3]. The first
     # 4 episodes to end would be three short ones and one long: return 0.25, length 1.5
@@ -74,7 +74,7 @@ def test_eval_ends_where_the_environment_has_no_time_limit(encoder, tmp_path):
     # into a wall or the same loop forever
     cfg = ppo_config("env=cliffwalking_text", "env.max_episode_steps=0", "trainer.num_envs=2", "algo.ppo.eval_episodes=2")
     torch.manual_seed(0)
-    agent = EncoderAgent(encoder, cfg.policy.heads, num_actions=4)
+    agent = EncoderAgent(encoder, cfg.lead_actor.heads, num_actions=4)
     result = {}
     worker = threading.Thread(target=lambda: result.update(run_eval(agent, cfg, 0, MetricsLog(tmp_path, enabled=False))),
                               daemon=True)  # a hang must fail the test, not stall the suite
@@ -88,7 +88,7 @@ def test_eval_ends_where_the_environment_has_no_time_limit(encoder, tmp_path):
 def test_an_update_with_nan_gradients_is_skipped_and_counted(encoder):
     torch.manual_seed(0)
     cfg = ppo_config("env=frozenlake_text")
-    agent = EncoderAgent(encoder, cfg.policy.heads, num_actions=4)
+    agent = EncoderAgent(encoder, cfg.lead_actor.heads, num_actions=4)
     state, acts = "You are on a frozen lake.", ("move left", "move down", "move right", "move up")
     T, N = 4, 2
     with torch.no_grad():

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import torch
 
-from rltool import parallel
+from rltool import train_backend
 from rltool.config import RewardConfig, RewardTerm
 from rltool.envs.base import Example
 from rltool.guard import RunAborted, StepGuard
@@ -128,19 +128,19 @@ def test_nonfinite_loss_skips_the_update_and_leaves_weights_and_adam_untouched()
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
-    parallel.pop_skipped_nonfinite()
+    train_backend.pop_skipped_nonfinite()
     for poison in (float("nan"), float("inf")):
         (model(torch.ones(1, 3)).sum() * poison).backward()  # what an inf reward's advantage does
-        norm = parallel.step(model, opt, grad_clip=1.0)
+        norm = train_backend.step(model, opt, grad_clip=1.0)
         assert not math.isfinite(float(norm))
-    assert parallel.pop_skipped_nonfinite() == 2.0 and parallel.pop_skipped_nonfinite() == 0.0
+    assert train_backend.pop_skipped_nonfinite() == 2.0 and train_backend.pop_skipped_nonfinite() == 0.0
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b) and p.grad is None  # skipped, and the poisoned gradient is gone
     assert not opt.state  # Adam's moments were never fed the nan
     model(torch.ones(1, 3)).sum().backward()
-    assert math.isfinite(float(parallel.step(model, opt, grad_clip=1.0)))
+    assert math.isfinite(float(train_backend.step(model, opt, grad_clip=1.0)))
     assert not torch.equal(model.weight, before[0]) and torch.isfinite(model.weight).all()
-    assert parallel.pop_skipped_nonfinite() == 0.0
+    assert train_backend.pop_skipped_nonfinite() == 0.0
 
 
 def test_nonfinite_streak_stops_the_run():

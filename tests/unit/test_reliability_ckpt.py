@@ -88,7 +88,7 @@ def ppo_cfg():
 
     register_configs()
     with initialize_config_dir(config_dir=cli.conf_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["output_dir=x", "algo=ppo", "actors=minilm_agent",
+        cfg = compose(config_name="config", overrides=["output_dir=x", "algo=encoder_ppo", "actors=minilm_agent",
                                                        "env=frozenlake_text", "env.slippery=true", "trainer.num_envs=2"])
     return OmegaConf.to_object(cfg)
 
@@ -164,7 +164,7 @@ def test_validate_never_unpickles_a_ppo_trainer_state(tmp_path, ppo_cfg, capsys,
     torch.save({"step": 1, "envs": Payload(marker)}, ckpt / "trainer_state.pt")  # torch's own format
     (ckpt / "checkpoint.json").unlink(missing_ok=True)  # a foreign checkpoint comes with whatever manifest it likes
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["rltool", "validate", "algo=ppo", "actors=minilm_agent", "env=frozenlake_text",
+    monkeypatch.setattr(sys, "argv", ["rltool", "validate", "algo=encoder_ppo", "actors=minilm_agent", "env=frozenlake_text",
                                       f"resume={ckpt}"])
     with pytest.raises(SystemExit) as e:
         cli.main()

@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 BAD = [  # (overrides, what the one line must say)
     # unknown group options: the valid ones, never the schema's base_<group>
-    (["algo=nope"], "algo=nope: unknown algo option; valid: agrl, dapo, dr_grpo, erl, grpo"),
+    (["algo=nope"], "algo=nope: unknown algo option; valid: agrl, dapo, dr_grpo, encoder_ppo, erl, grpo"),
+    (["algo=ppo", "env=frozenlake_text"], "algo=ppo: is now algo=encoder_ppo (PPO for encoder agents"),
     (["env=nope"], "env=nope: unknown env option; valid:"),
     (["reward=nope"], "reward=nope: unknown reward option; valid:"),
     (["hardware=nope"], "hardware=nope: unknown hardware option; valid:"),
@@ -96,7 +97,7 @@ BAD = [  # (overrides, what the one line must say)
     (["reward.length_penalty=nan"], "reward.length_penalty=nan: must be a finite number"),
     (["reward.terms=[{{name: format, weight: nan}}]"], "reward.terms[0].weight=nan: must be a finite number"),
     (["actors.lr=-inf"], "actors.policy.lr=-inf: must be a finite number"),
-    (["algo=ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.ent_coef=inf"], "algo.ppo.ent_coef=inf: must be a finite number"),
+    (["algo=encoder_ppo", "actors=minilm_agent", "env=taxi_text", "algo.ppo.ent_coef=inf"], "algo.ppo.ent_coef=inf: must be a finite number"),
     (["rollout.temperature=inf"], "rollout.temperature=inf: must be a finite number"),
     # registry names and choices
     (["algo.advantage=foo"], "algo.advantage='foo': unknown; valid:"),

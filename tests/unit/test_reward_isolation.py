@@ -11,12 +11,11 @@ import time
 
 import pytest
 
-from rltool.batch import collate
+from rltool.records import Completion, Sample, collate
 from rltool.config import RewardConfig, RewardTerm
 from rltool.envs.base import Example
 from rltool.logs import Tally
 from rltool.rewards.score import Scorer
-from rltool.samples import Completion, Sample
 from rltool.schemas import algo_config
 
 REWARDS = '''
@@ -203,7 +202,7 @@ def test_eval_pass_at_n_scores_bad_values_as_not_solved_and_counts_them(module):
 # ---------------------------------------------------------------- values float32 cannot hold, at the advantage
 
 def test_a_reward_float32_cannot_hold_is_unscored_at_the_advantage():
-    from rltool.steps import compute_advantages, rollout_metrics
+    from rltool.update import compute_advantages, rollout_metrics
 
     # an env that sets Sample.reward itself (no Scorer in between): 1e39 would be inf in float32
     samples = [Sample(prompt_ids=[1], completion_ids=[2], sample_logp=[0.0], group=0, reward=r)

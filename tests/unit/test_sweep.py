@@ -113,7 +113,7 @@ def test_columns_are_the_metrics_the_jobs_logged_with_the_sweep_metric_first(tmp
 
 def test_the_default_sweep_metric_is_the_success_rate_on_the_runs_own_reward(compose_config):
     assert compose_config().sweep_metric == "eval/success"
-    assert compose_config("algo=ppo", "env=frozenlake_text").sweep_metric == "eval/reward"  # an algorithm may set its own
+    assert compose_config("algo=encoder_ppo", "env=frozenlake_text").sweep_metric == "eval/reward"  # an algorithm may set its own
 
 
 def test_validate_jobs_return_nothing_and_eval_disabled_is_reported(tmp_path, capsys):

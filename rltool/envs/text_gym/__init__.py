@@ -1,4 +1,4 @@
-"""Text environments for encoder agents (algo=ppo): every state and action is a string.
+"""Text environments for encoder agents (algo=encoder_ppo): every state and action is a string.
 
 One file per environment, registered by name: TEXT_ENVS imports this package's modules on its first
 lookup (rltool/registry.py), so a new environment is one file here (plus its YAML in conf/env/). The built-in ones wrap gymnasium's toy-text envs and

@@ -38,7 +38,7 @@ from rltool.algos.advantages import ADVANTAGES
 from rltool.algos.losses import EXTRA_LOSSES, agg_loss
 from rltool.algos.rollouts import GroupIds, Rollout, RolloutContext, register_rollout
 from rltool.config import check, check_choice
-from rltool.samples import Sample
+from rltool.records import Sample
 
 register_extra_loss = EXTRA_LOSSES.register
 
@@ -227,12 +227,12 @@ def selection_loss(model, mb, cfg, counts) -> tuple[torch.Tensor, dict]:
 def base_model(actor, cfg):
     """The frozen base model: the KL reference when there is one; else, under LoRA, the policy with its
     adapter off (no second copy); else the base weights loaded once more."""
-    from rltool import parallel
+    from rltool import train_backend
     from rltool.actors.lora import AdapterDisabled, is_peft
 
     if actor.ref_model is not None:
         return actor.ref_model
-    policy = parallel.unwrap(actor.model)
+    policy = train_backend.unwrap(actor.model)
     if is_peft(policy):
         return AdapterDisabled(policy)
     from rltool.actors.load import load_model

@@ -8,8 +8,8 @@ from typing import Iterable
 
 import torch
 
-from rltool.rollout.engine import Sampling
-from rltool.samples import Completion
+from rltool.engines.engine import Sampling
+from rltool.records import Completion
 
 
 class HFEngine:

@@ -12,8 +12,8 @@ from typing import Iterable
 
 import torch
 
-from rltool.rollout.engine import Sampling
-from rltool.samples import Completion
+from rltool.engines.engine import Sampling
+from rltool.records import Completion
 
 
 def _reload_weights(worker, named_tensors) -> None:
@@ -46,7 +46,7 @@ class VLLMEngine:
             kwargs.update(block_size=32)
         if device == "cuda":
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
-        if max_loras:  # several LoRA actors' adapters on this one base model (rltool/rollout/lora_engine.py)
+        if max_loras:  # several LoRA actors' adapters on this one base model (rltool/engines/lora_engine.py)
             kwargs.update(enable_lora=True, max_loras=max_loras, max_lora_rank=max_lora_rank)
         if external_launcher:  # one engine per rank under accelerate/torchrun
             kwargs.update(distributed_executor_backend="external_launcher")

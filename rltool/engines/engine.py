@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
-from rltool.samples import Completion
+from rltool.records import Completion
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import torch
 
-from rltool import dist, parallel
+from rltool import dist, train_backend
 from rltool.actors.logprobs import completion_logp
 from rltool.algos.advantages import ADVANTAGES
 from rltool.algos.group_stats import group_outcomes
 from rltool.algos.kl import KL_ESTIMATORS, kl_importance_ratio
 from rltool.algos.losses import EXTRA_LOSSES, POLICY_LOSSES, LossParams, StepCounts, agg_loss, masked_mean, sft_loss
 from rltool.algos.mismatch import mismatch_weights
-from rltool.batch import Batch, token_advantages
+from rltool.records import Batch, Sample, token_advantages
 from rltool.config import Config
 from rltool.rewards.values import FLOAT32_INF
-from rltool.samples import Sample
 
 
 @torch.no_grad()
@@ -27,7 +26,7 @@ def logp_no_grad(model, batch: Batch, cfg: Config) -> torch.Tensor:
     parts = [completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width, cfg.rollout.temperature,
                              impl=cfg.trainer.logprob_impl, chunk_size=cfg.trainer.logprob_chunk_size)[0]
              for mb in micro]
-    for _ in range(parallel.forward_count(len(micro), model) - len(micro)):  # ZeRO-3: forwards are collective
+    for _ in range(train_backend.forward_count(len(micro), model) - len(micro)):  # ZeRO-3: forwards are collective
         completion_logp(model, micro[0].input_ids, micro[0].attention_mask, micro[0].prompt_width, 1.0,
                         impl=cfg.trainer.logprob_impl, chunk_size=cfg.trainer.logprob_chunk_size)
     return torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1])) for p in parts])  # (B, T), batch's device
@@ -110,19 +109,19 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
     live = batch if a.agg == "bnpo" else batch.select(by_length(batch, contributing_rows(batch, kl_in_loss)))
     micro = [mb.trimmed().to(model.device) for mb in live.split(t.micro_batch_size)]
     # ZeRO-3 ranks must all run as many forward/backward passes: pad with zero-weight repeats.
-    passes = parallel.forward_count(len(micro), model)
+    passes = train_backend.forward_count(len(micro), model)
     padding = []
     if passes > len(micro):
         padding = [(live if micro else batch).select(torch.tensor([0])).trimmed().to(model.device)] * (passes - len(micro))
     rl_counts, sft_counts = step_counts(batch, len(micro), cfg.rollout.max_new_tokens)
     totals: dict[str, torch.Tensor] = {"update/rows": torch.tensor(float(len(live)))}
 
-    parallel.zero_grad(model, optimizer)
+    train_backend.zero_grad(model, optimizer)
     if not passes:  # all advantages 0: the step is AdamW on zero gradients, exactly as if we had run them
         for p in model.parameters():
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
-    scale = parallel.loss_scale(model)
+    scale = train_backend.loss_scale(model)
     for i, mb in enumerate(micro + padding):
         out = completion_logp(model, mb.input_ids, mb.attention_mask, mb.prompt_width, cfg.rollout.temperature,
                               with_entropy=True, with_t1=bool(mb.sft_mask.any()), impl=cfg.trainer.logprob_impl,
@@ -160,18 +159,18 @@ def optimize(model, optimizer, batch: Batch, cfg: Config) -> dict[str, torch.Ten
         # KL(engine || trainer) on the sampled tokens: the rollout/training mismatch (vLLM vs HF kernels).
         m["policy/mismatch_kl"] = masked_mean(KL_ESTIMATORS["k3"](mb.sample_logp, logp.detach()), engine_mask)
         padded = i >= len(micro)
-        parallel.backward(model, loss * (0.0 if padded else scale), last=i == passes - 1)
+        train_backend.backward(model, loss * (0.0 if padded else scale), last=i == passes - 1)
         if padded:
             continue
         for k, v in m.items():  # loss parts are already globally normalised: sum them; average the rest
             totals[k] = totals.get(k, 0.0) + (v if k.startswith("loss/") else v / len(micro))
-    totals["policy/grad_norm"] = parallel.step(model, optimizer, t.grad_clip)
+    totals["policy/grad_norm"] = train_backend.step(model, optimizer, t.grad_clip)
     return totals
 
 
 def step_counts(batch: Batch, num_micro: int, max_len: int) -> tuple[StepCounts, StepCounts]:
     """Normalisers of the RL and SFT terms: totals over every rank (DeepSpeed averages gradients over
-    ranks, and parallel.loss_scale multiplies by the world size to turn that back into a sum)."""
+    ranks, and train_backend.loss_scale multiplies by the world size to turn that back into a sum)."""
     rl_mask, sft_mask = batch.rl_mask, batch.sft_mask
     total = lambda x: dist.sum_over_ranks(float(x))  # noqa: E731
     rows, micro = total(len(batch)), int(total(num_micro))

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from rltool.rollout.engine import Sampling
-from rltool.samples import Completion
+from rltool.engines.engine import Sampling
+from rltool.records import Completion
 
 
 class TemplateError(ValueError):

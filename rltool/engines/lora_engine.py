@@ -19,8 +19,8 @@ from typing import Iterator
 
 import torch
 
-from rltool.rollout.engine import Sampling
-from rltool.samples import Completion
+from rltool.engines.engine import Sampling
+from rltool.records import Completion
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The `max_lora_rank` values vLLM accepts."""
@@ -37,7 +37,7 @@ def adapter_state(model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     from rltool.actors.lora import LORA_PARAM
-    from rltool.parallel import is_deepspeed, unwrap
+    from rltool.train_backend import is_deepspeed, unwrap
 
     inner = unwrap(model)
     params = {n: p for n, p in inner.named_parameters() if LORA_PARAM.search(n)}
@@ -55,7 +55,7 @@ def write_adapter(model, path: Path) -> None:
     """`model`'s adapter as a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
     from safetensors.torch import save_file
 
-    from rltool.parallel import unwrap
+    from rltool.train_backend import unwrap
 
     inner = unwrap(model)
     path.mkdir(parents=True)
@@ -80,7 +80,7 @@ class AdapterView:
 
     @property
     def base(self):
-        """The shared engine: it sleeps and wakes once for all its views (rltool/rollout/lifecycle.py)."""
+        """The shared engine: it sleeps and wakes once for all its views (rltool/engines/lifecycle.py)."""
         return self.engine
 
     def load_adapter(self, model) -> None:

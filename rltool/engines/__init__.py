@@ -8,10 +8,10 @@ from rltool.config import Config
 def make_engine(cfg: Config, hw, model, tokenizer, model_dir: str, *, max_loras: int = 0, max_lora_rank: int = 16):
     """The rollout engine on `model_dir`; `max_loras` > 0: a vLLM engine serving that many LoRA adapters."""
     if cfg.rollout.engine == "hf":
-        from rltool.rollout.hf_engine import HFEngine
+        from rltool.engines.hf_engine import HFEngine
 
         return HFEngine(model, tokenizer, ignore_eos=cfg.rollout.ignore_eos)
-    from rltool.rollout.vllm_engine import VLLMEngine
+    from rltool.engines.vllm_engine import VLLMEngine
 
     h = cfg.hardware
     engine = VLLMEngine(model_dir, dtype=hw.dtype, device=hw.device, seed=cfg.seed,
@@ -22,7 +22,7 @@ def make_engine(cfg: Config, hw, model, tokenizer, model_dir: str, *, max_loras:
                         max_num_seqs=h.vllm_max_num_seqs, sleep_mode=h.sleep_mode, ignore_eos=cfg.rollout.ignore_eos,
                         enforce_eager=cfg.rollout.enforce_eager, max_loras=max_loras, max_lora_rank=max_lora_rank,
                         external_launcher=dist.world_size() > 1)  # one engine per rank
-    if cfg.policy.qlora and model is not None:  # the trainer's base is model_dir's rounded to 4 bits: start vLLM on it
+    if cfg.lead_actor.qlora and model is not None:  # the trainer's base is model_dir's rounded to 4 bits: start vLLM on it
         sync_weights(engine, model)
     return engine
 
@@ -36,6 +36,6 @@ def sync_weights(engine, model) -> None:
     if hasattr(engine, "load_adapter"):
         engine.load_adapter(model)
         return
-    from rltool.parallel import weights_for_engine
+    from rltool.train_backend import weights_for_engine
 
     engine.update_weights(weights_for_engine(model))
