@@ -286,6 +286,10 @@ def erl_metrics(attempts: list[Sample], gated: list[Sample], episodes: list[Epis
 class ERLRollout(Rollout):
     """The ERL rollout (see the module docstring); its only cross-step state is the memory."""
 
+    @classmethod
+    def max_new_tokens(cls, cfg) -> int:
+        return max(cfg.rollout.max_new_tokens, cfg.algo.erl.reflection_max_new_tokens)
+
     def __init__(self, ctx: RolloutContext):
         self.ctx = ctx
         erl = ctx.cfg.algo.erl

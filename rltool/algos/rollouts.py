@@ -140,6 +140,12 @@ class Rollout:
         self.ctx = ctx
 
     @classmethod
+    def max_new_tokens(cls, cfg: Config) -> int:
+        """The most new tokens it asks of an engine in one generation (the engine's context is sized for it).
+        Default: rollout.max_new_tokens; ERL's reflections have their own budget."""
+        return cfg.rollout.max_new_tokens
+
+    @classmethod
     def check(cls, config: Config) -> None:
         """Rules between its own keys and the rest of the config, raising ConfigError before any model loads
         (AGRL: its hidden-state embedding cannot run on ZeRO-3 shards). Default: none."""

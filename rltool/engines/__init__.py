@@ -13,11 +13,12 @@ def make_engine(cfg: Config, hw, model, tokenizer, model_dir: str, *, max_loras:
         return HFEngine(model, tokenizer, ignore_eos=cfg.rollout.ignore_eos)
     from rltool.engines.vllm_engine import VLLMEngine
 
+    from rltool.algos.rollouts import ROLLOUTS  # here: rltool.algos imports this package
+
     h = cfg.hardware
+    longest = max(ROLLOUTS[cfg.algo.rollout].max_new_tokens(cfg), cfg.eval.max_new_tokens)
     engine = VLLMEngine(model_dir, dtype=hw.dtype, device=hw.device, seed=cfg.seed,
-                        max_model_len=cfg.rollout.max_prompt_len + max(cfg.rollout.max_new_tokens,
-                                                                        cfg.eval.max_new_tokens,
-                                                                        cfg.algo.erl.reflection_max_new_tokens),
+                        max_model_len=cfg.rollout.max_prompt_len + longest,
                         gpu_memory_utilization=h.vllm_gpu_memory_utilization, kv_cache_gib=h.vllm_kv_cache_gib,
                         max_num_seqs=h.vllm_max_num_seqs, sleep_mode=h.sleep_mode, ignore_eos=cfg.rollout.ignore_eos,
                         enforce_eager=cfg.rollout.enforce_eager, max_loras=max_loras, max_lora_rank=max_lora_rank,

@@ -25,8 +25,8 @@ class Env:
     name: str
     """The registered name; example ids start with it, so a composed env keeps its parts' problems apart."""
     episodes: str = "single_turn"
-    """The kind of episode (single_turn | multi_actor): rltool validate (cli.check_env_actors) refuses an
-    algo.rollout whose `plays` does not list it."""
+    """The kind of episode (single_turn | multi_actor | article): rltool validate (cli.check_env_actors) refuses
+    an algo.rollout whose `plays` does not list it."""
 
     @classmethod
     def columns(cls, cfg) -> tuple[str, ...]:

@@ -142,13 +142,6 @@ def test_composition_errors_name_the_key(overrides, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_unknown_group_option_lists_valid_options():
-    proc = rltool("train", "algo=nope", check=False, timeout=120)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "algo=nope: unknown algo option; valid: agrl, dapo, dr_grpo, erl, grpo, gspo" in proc.stderr
-    assert "base_algo" not in proc.stderr  # the schema's name is not a choice
-
-
 def test_encoder_agent_commands_validate():
     for env in ("frozenlake_text", "taxi_text", "blackjack_text", "cliffwalking_text", "bandit_text"):
         proc = rltool("validate", "algo=encoder_ppo", "actors=minilm_agent", f"env={env}", timeout=120)

@@ -13,7 +13,7 @@ from rltool.envs.compose import ComposedEnv
 from rltool.evaluate import evaluate
 from rltool.rewards.registry import reward
 from rltool.rewards.score import Scorer
-from rltool.records import Completion
+from tests.unit.scripted_engine import Scripted
 
 
 class Echo(Env):
@@ -56,26 +56,6 @@ class Canned(Echo):
 @reward("test_echo_said")
 def said(completion, answer):
     return float(completion.strip() == answer)
-
-
-class Scripted:
-    """Replies from `replies` in turn (cycling), `sampling.n` per prompt; records each call's decoded prompts."""
-
-    def __init__(self, tok, replies):
-        self.tok, self.replies, self.calls, self.k = tok, replies, [], 0
-
-    def generate(self, prompts, sampling):
-        self.calls.append(([self.tok.decode(p) for p in prompts], sampling))
-        out = []
-        for _ in prompts:
-            group = []
-            for _ in range(sampling.n):
-                text = self.replies[self.k % len(self.replies)]
-                self.k += 1
-                ids = self.tok.encode(text, add_special_tokens=False) + [self.tok.eos_token_id]
-                group.append(Completion(ids, [-0.5] * len(ids), text, False))
-            out.append(group)
-        return out
 
 
 def context(tok, env, replies, group_size=3):

@@ -15,25 +15,7 @@ from rltool.rewards.score import Scorer
 from rltool.engines.engine import Sampling
 from rltool.update import compute_advantages
 from rltool.schemas import env_config
-
-class Scripted:
-    """Replies to each prompt in turn from `replies` (cycling); records every call's prompts and sampling."""
-
-    def __init__(self, tok, replies):
-        self.tok, self.replies, self.calls, self.k = tok, replies, [], 0
-
-    def generate(self, prompts, sampling):
-        self.calls.append((len(prompts), sampling))
-        out = []
-        for _ in prompts:
-            group = []
-            for _ in range(sampling.n):
-                text = self.replies[self.k % len(self.replies)]
-                self.k += 1
-                ids = self.tok.encode(text, add_special_tokens=False) + [self.tok.eos_token_id]
-                group.append(Completion(ids, [-0.5] * len(ids), text, False))
-            out.append(group)
-        return out
+from tests.unit.scripted_engine import Scripted
 
 
 def actor(name, tok, replies, trainable=True):
@@ -78,7 +60,7 @@ def test_collab_trains_each_actor_on_its_own_turns_in_its_own_groups(tok):
     # 2 problems x 2 conversations x 2 trainable actors; the frozen judge never spoke and trains nothing
     assert sorted((s.actor, s.group) for s in samples) == sorted(
         [(a, g) for a in ("solver", "checker") for g in (0, 0, 1, 1)])
-    assert actors["solver"].engine.calls[0][0] == 4 and actors["checker"].engine.calls[0][0] == 4  # batched turns
+    assert len(actors["solver"].engine.calls[0][0]) == 4 and len(actors["checker"].engine.calls[0][0]) == 4  # batched turns
     assert actors["judge"].engine.calls == []
     # the answer is the last speaker's (the checker's): the team reward is shared by both actors
     assert [s.reward for s in samples if s.actor == "solver"] == [s.reward for s in samples if s.actor == "checker"]
@@ -128,7 +110,7 @@ def test_parallel_drafts_get_their_own_reward_plus_a_share_and_unformatted_draft
     drafts = [s for s in samples if s.actor == "drafter"]
     answers = [s for s in samples if s.actor == "combiner"]
     assert len(drafts) == 6 and len(answers) == 2  # G=2 attempts x K=3 drafts; nothing dropped
-    assert drafter.engine.calls[0][0] == 1 and drafter.engine.calls[0][1].n == 6  # one call: G x K drafts
+    assert len(drafter.engine.calls[0][0]) == 1 and drafter.engine.calls[0][1].n == 6  # one call: G x K drafts
     assert [a.reward for a in answers] == [1.0, 0.0]
     # own reward (right 1, wrong 0, unformatted -0.1) + 0.5 x the attempt's combiner reward (1 then 0)
     assert [d.reward for d in drafts] == [1.5, 0.5, 0.4, 1.0, 0.0, -0.1]
