@@ -420,6 +420,8 @@ def preload_plugins(overrides: list[str]) -> None:
             value = OverridesParser.create().parse_override(arg).value()
         except HydraException:
             continue  # Hydra says what is wrong with it, in one line
+        if not isinstance(value, (str, list)):
+            continue  # a sweep over plugins (-m): each job imports its own at validation
         wanted[key] = value if key == "reward.module" else list(value) if isinstance(value, list) else [value]
     load_plugins([str(p) for p in wanted["plugins"]], wanted["reward.module"])
 

@@ -3,7 +3,7 @@
     lm   rltool/train.py       language models: vLLM rollouts, the GRPO family, ERL
     ppo  rltool/ppo_train.py   encoder agents: PPO over a pretrained text encoder on text environments
 
-Each entry is a `Loop(check, train)`. `check(config)` runs after the schema checks and before anything
+Each entry is a `Loop(check, train)`; the ppo loop registers its keys, `algo.ppo.*` (PpoConfig, below). `check(config)` runs after the schema checks and before anything
 heavy loads, raising ConfigError; `train(config)` returns the final eval metrics (a multirun tables them).
 Both import their modules when called, so importing this file stays cheap (no torch): `rltool validate`
 and config errors remain instant. A new loop is one module plus one entry here, not a branch in cli.py.
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
-from rltool.config import ConfigError, PpoConfig
+from rltool.config import ConfigError, check
 from rltool.registry import Registry
 
 if TYPE_CHECKING:
@@ -92,6 +93,62 @@ def check_encoder_path(path: str, trainable_layers: int) -> None:
     layers = json.load(open(config_json)).get("num_hidden_layers", 0)
     if trainable_layers > layers:
         raise ConfigError(f"actors.encoder.trainable_layers={trainable_layers}: must be <= the encoder's {layers} layers")
+
+
+@dataclass
+class PpoConfig:
+    """PPO for encoder agents (algo=encoder_ppo, cleanrl's ppo.py settings); read only when algo.loop=ppo.
+    The policy clip is algo.clip_eps_low/high, the estimator algo.advantage (gae), the loss algo.loss (clip)."""
+
+    lr: float = 2.5e-4
+    """Adam learning rate of the pooling and heads (fine-tuned encoder layers: actors.encoder.lr)."""
+    anneal_lr: bool = True
+    """Decay every learning rate linearly to 0 over trainer.total_env_steps."""
+    num_steps: int = 128
+    """Steps per environment in one rollout; a rollout holds num_steps x trainer.num_envs transitions."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE's lambda (1: Monte Carlo returns bootstrapped at the rollout end, 0: one-step TD)."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    num_minibatches: int = 4
+    """Minibatches per pass; must divide num_steps x trainer.num_envs."""
+    norm_adv: bool = True
+    """Normalise advantages within each minibatch."""
+    norm_reward: bool = False
+    """Divide rewards by the running std of the discounted return (rltool/algos/reward_scale.py): values and
+    advantages near 1 whatever the reward's units (CliffWalking's -100s). Logged returns stay unscaled."""
+    value_loss: str = "mse"
+    """Registered value loss (rltool/algos/value_losses.py): mse (as stable-baselines3) | clipped (against the old
+    values; value_clip is in return units, so it suits norm_reward=true, where returns are near 1)."""
+    value_clip: float = 0.2
+    """clipped: V may move at most this far from the rollout's old value before the loss stops pulling."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip over every trained parameter."""
+    target_kl: Optional[float] = None
+    """Stop a rollout's epochs once the approximate KL to the rollout policy exceeds this (null: never)."""
+    eval_episodes: int = 100
+    """Greedy evaluation episodes at every eval (trainer.eval_every rollouts, and at the end), shared evenly
+    between the trainer.num_envs environments."""
+    eval_max_steps: int = 1000
+    """Greedy evaluation cuts an episode off after this many steps (counted as ended, without success): a
+    deterministic policy can loop forever where the environment has no time limit (env.max_episode_steps=0)."""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "algo.ppo.lr", self.lr, "must be > 0")
+        check(0 < self.gamma <= 1, "algo.ppo.gamma", self.gamma, "must be in (0, 1]")
+        check(0 <= self.gae_lambda <= 1, "algo.ppo.gae_lambda", self.gae_lambda, "must be in [0, 1]")
+        for key in ("num_steps", "update_epochs", "num_minibatches", "eval_episodes", "eval_max_steps"):
+            check(getattr(self, key) >= 1, f"algo.ppo.{key}", getattr(self, key), "must be >= 1")
+        check(self.value_clip > 0, "algo.ppo.value_clip", self.value_clip, "must be > 0")
+        for key in ("vf_coef", "ent_coef", "max_grad_norm"):
+            check(getattr(self, key) >= 0, f"algo.ppo.{key}", getattr(self, key), "must be >= 0")
+        check(self.target_kl is None or self.target_kl > 0, "algo.ppo.target_kl", self.target_kl, "must be > 0 or null")
 
 
 def train_ppo(config: "Config") -> dict:

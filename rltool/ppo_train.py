@@ -23,7 +23,8 @@ from rltool.algos.gae import STEP_ADVANTAGES
 from rltool.algos.losses import POLICY_LOSSES, LossParams
 from rltool.algos.reward_scale import ReturnScaler
 from rltool.algos.value_losses import VALUE_LOSSES, ValueLossParams
-from rltool.config import Config, ConfigError, PpoConfig
+from rltool.config import Config, ConfigError
+from rltool.loops import PpoConfig
 from rltool.envs.text_gym import make_vector_env
 from rltool.guard import StepGuard
 from rltool.metrics import MetricsLog

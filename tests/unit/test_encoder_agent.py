@@ -10,7 +10,8 @@ from rltool.actors.encoder_agent import AttentionPool, EncoderAgent
 from rltool.actors.state_cache import StateCache
 from rltool.actors.token_encoder import EMBEDDED_MINILM, TokenEncoder
 from rltool.algos.gae import gae
-from rltool.config import EncoderConfig, HeadsConfig, PpoConfig
+from rltool.config import EncoderConfig, HeadsConfig
+from rltool.loops import PpoConfig
 from rltool.ppo_train import Rollout, update
 
 STATES = ["You are at row 1, column 1.", "The dealer shows an ace and you hold a soft seventeen."]

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from rltool.actors.encoder_agent import EncoderAgent
 from rltool.actors.token_encoder import TokenEncoder
 from rltool.cli import conf_dir
-from rltool.config import PpoConfig, register_configs
+from rltool.config import register_configs
+from rltool.loops import PpoConfig
 from rltool.envs.text_gym import register_text_env
 from rltool.metrics import MetricsLog
 from rltool.ppo_train import EVAL_SEED_OFFSET, Rollout, run_eval, update

@@ -44,7 +44,7 @@ def test_the_default_value_loss_keeps_pulling_towards_returns_in_raw_reward_unit
     # A critic that moved 0.5 from its rollout value towards a return of 100 must still be pulled further:
     # the plain 1/2 (V - R)^2 gives d/dV = V - R = 1 - 100 = -99. A clip of 0.2 in those units would give 0
     # (V_clip = 0.5 + 0.2 = 0.7 sits further from R, so the max takes the clipped, constant branch).
-    from rltool.config import PpoConfig
+    from rltool.loops import PpoConfig
 
     p = PpoConfig()
     value = torch.tensor([1.0], requires_grad=True)
