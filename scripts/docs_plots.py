@@ -45,31 +45,33 @@ SIDE_BY_SIDE = [
 ]
 
 
-def arithmetic(out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for name, values in ARITHMETIC_SEEDS.items():
-        ax.plot(ARITHMETIC_STEPS, values, marker="o", label=f"DAPO, cosine lr, {name}")
-    ax.plot(PLATEAU_STEPS, PLATEAU, marker="s", linestyle="--", color="grey", label="GRPO, constant lr (earlier default; 100 problems)")
-    ax.set(xlabel="training step", ylabel="held-out accuracy", ylim=(0, 0.4),
-           title="rltool train algo=dapo env=arithmetic (SmolLM2-135M, 2 CPU cores)")
+def curves(out: Path, file: str, steps, series: dict, ylabel: str, ylim, title: str, legend: str, height: float,
+           extra=None) -> None:
+    """One line per series over training steps, in the docs' style."""
+    fig, ax = plt.subplots(figsize=(6, height))
+    for name, values in series.items():
+        ax.plot(steps, values, marker="o", label=name)
+    if extra:
+        extra(ax)
+    ax.set(xlabel="training step", ylabel=ylabel, ylim=ylim, title=title)
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.savefig(out / "arithmetic_seeds.png", **STYLE)
+    ax.legend(fontsize=7, loc=legend)
+    fig.savefig(out / file, **STYLE)
     plt.close(fig)
+
+
+def arithmetic(out: Path) -> None:
+    plateau = lambda ax: ax.plot(PLATEAU_STEPS, PLATEAU, marker="s", linestyle="--", color="grey",  # noqa: E731
+                                 label="GRPO, constant lr (earlier default; 100 problems)")
+    curves(out, "arithmetic_seeds.png", ARITHMETIC_STEPS,
+           {f"DAPO, cosine lr, {name}": v for name, v in ARITHMETIC_SEEDS.items()}, "held-out accuracy", (0, 0.4),
+           "rltool train algo=dapo env=arithmetic (SmolLM2-135M, 2 CPU cores)", "lower right", 3.2, plateau)
 
 
 def gsm8k_shaped(out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.0))
-    for name, values in SHAPED.items():
-        ax.plot(SHAPED_STEPS, values, marker="o", label=name)
-    ax.set(xlabel="training step", ylabel="share of held-out answers", ylim=(0, 1.05),
-           title="GSM8K with reward=gsm8k_shaped (SmolLM2-135M, 2 CPU cores)")
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center right")
-    fig.savefig(out / "gsm8k_shaped.png", **STYLE)
-    plt.close(fig)
+    curves(out, "gsm8k_shaped.png", SHAPED_STEPS, SHAPED, "share of held-out answers", (0, 1.05),
+           "GSM8K with reward=gsm8k_shaped (SmolLM2-135M, 2 CPU cores)", "center right", 3.0)
 
 
 def side_by_side(out: Path) -> None:

@@ -195,21 +195,16 @@ def score_episodes(ctx, answers: list[Completion], rows: list[Example], dialogue
 class Collab(CollabEnv):
     """Any single-turn task as a conversation: env=collab env.task=<task> (conf/env/collab.yaml)."""
 
-    def __init__(self, cfg: CollabConfig):
-        super().__init__(cfg, "collab", cfg.task)
+    name = "collab"
 
 
 @register_env("collab_arithmetic", config=CollabConfig)
 class CollabArithmetic(CollabEnv):
+    name = "collab_arithmetic"
     TASK = "arithmetic"
-
-    def __init__(self, cfg: CollabConfig):
-        super().__init__(cfg, "collab_arithmetic", "arithmetic")
 
 
 @register_env("collab_gsm8k", config=CollabConfig)
 class CollabGSM8K(CollabEnv):
+    name = "collab_gsm8k"
     TASK = "gsm8k"
-
-    def __init__(self, cfg: CollabConfig):
-        super().__init__(cfg, "collab_gsm8k", "gsm8k")

@@ -155,13 +155,10 @@ class ParallelEnv(OnTask):
 class Parallel(ParallelEnv):
     """Any single-turn task with drafts + combiner: env=parallel env.task=<task>."""
 
-    def __init__(self, cfg: ParallelConfig):
-        super().__init__(cfg, "parallel", cfg.task)
+    name = "parallel"
 
 
 @register_env("parallel_gsm8k", config=ParallelConfig)
 class ParallelGSM8K(ParallelEnv):
+    name = "parallel_gsm8k"
     TASK = "gsm8k"
-
-    def __init__(self, cfg: ParallelConfig):
-        super().__init__(cfg, "parallel_gsm8k", "gsm8k")

@@ -21,13 +21,6 @@ class TaskConfig(EnvConfig):
     the gold answer is not offered."""
 
 
-def task_env(cfg: EnvConfig, task: str):
-    """The single-turn environment whose problems a collaborative or parallel one plays."""
-    if task not in ENVS or ENVS[task].episodes != "single_turn":
-        raise ConfigError(f"env.task={task!r}: must be a single-turn environment, e.g. arithmetic or gsm8k")
-    return ENVS[task](cfg)
-
-
 class OnTask(Env):
     """`name`'s examples are `task`'s, ids prefixed with `name` (so `env=gsm8k+collab_gsm8k` keeps them
     apart); the prompt alone is the task's."""
@@ -35,9 +28,25 @@ class OnTask(Env):
     TASK: str | None = None
     """The task this environment always plays (collab_gsm8k: gsm8k); None: the one env.task names."""
 
-    def __init__(self, cfg: EnvConfig, name: str, task: str):
-        self.cfg, self.name = cfg, name
-        self.task = task_env(cfg, task)
+    @classmethod
+    def task_name(cls, cfg: TaskConfig) -> str:
+        return cls.TASK or cfg.task
+
+    @classmethod
+    def check(cls, cfg: TaskConfig) -> None:
+        """Before any model loads: the task is a registered single-turn environment, and its own check passes
+        (env.task=dataset reads the data here)."""
+        task = cls.task_name(cfg)
+        if task not in ENVS or ENVS[task].episodes != "single_turn":
+            single = [n for n in ENVS.names() if ENVS[n].episodes == "single_turn"]
+            raise ConfigError(f"env.task={task!r}: must be a single-turn environment; valid: {', '.join(single)}")
+        ENVS[task].check(cfg)
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+        self.check(cfg)
+        self.task = ENVS[self.task_name(cfg)](cfg)
+        name = self.name
         relabel = lambda exs: [Example(f"{name}-{e.id}", e.question, e.answer, e.meta) for e in exs]  # noqa: E731
         self._train, self._eval = relabel(self.task.train_examples()), relabel(self.task.eval_examples())
 

@@ -44,6 +44,8 @@ BAD = [  # (overrides, what the one line must say)
     # unknown group options: the valid ones, never the schema's base_<group>
     (["algo=nope"], "algo=nope: unknown algo option; valid: agrl, dapo, dr_grpo, encoder_ppo, erl, grpo"),
     (["algo=ppo", "env=frozenlake_text"], "algo=ppo: is now algo=encoder_ppo (PPO for encoder agents"),
+    (["env=collab", "env.task=collab_gsm8k"], "env.task='collab_gsm8k': must be a single-turn environment; valid: "),
+    (["env=parallel", "env.task=dataset", "env.path=missing.jsonl"], "env.path='missing.jsonl': no such file"),
     (["env=nope"], "env=nope: unknown env option; valid:"),
     (["reward=nope"], "reward=nope: unknown reward option; valid:"),
     (["hardware=nope"], "hardware=nope: unknown hardware option; valid:"),
